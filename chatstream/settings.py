@@ -1,0 +1,72 @@
+"""Every environment variable the app reads, in one place.
+
+The settings contract test (tests/test_settings_contract.py) checks each name here against
+`local.settings.json.example` and the Bicep app settings, so add new ones here first.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The newest dated GA data-plane inference version (the `/openai/deployments/...` surface).
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+
+
+class Settings(BaseSettings):
+    """Read once per process; tests build their own instances."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # Azure OpenAI (keyless unless an API key is set).
+    azure_openai_endpoint: str | None = Field(None, alias="AZURE_OPENAI_ENDPOINT")
+    azure_openai_deployment: str = Field("gpt-4o-mini", alias="AZURE_OPENAI_DEPLOYMENT")
+    azure_openai_api_version: str = Field(DEFAULT_AZURE_API_VERSION, alias="AZURE_OPENAI_API_VERSION")
+    azure_openai_api_key: str | None = Field(None, alias="AZURE_OPENAI_API_KEY")
+    azure_client_id: str | None = Field(None, alias="AZURE_CLIENT_ID")
+
+    # Any OpenAI-compatible server (Ollama, vLLM, ...).
+    openai_base_url: str | None = Field(None, alias="OPENAI_BASE_URL")
+    openai_api_key: str | None = Field(None, alias="OPENAI_API_KEY")
+    openai_model: str | None = Field(None, alias="OPENAI_MODEL")
+
+    # Chat behaviour and limits.
+    system_prompt: str = Field(
+        "You are a helpful assistant. Answer clearly and concisely.", alias="CHAT_SYSTEM_PROMPT"
+    )
+    default_chain: str = Field("chat", alias="CHAT_DEFAULT_CHAIN")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, alias="CHAT_MAX_BODY_BYTES")
+    max_messages: int = Field(50, ge=1, alias="CHAT_MAX_MESSAGES")
+    max_content_chars: int = Field(16_000, ge=1, alias="CHAT_MAX_CONTENT_CHARS")
+    max_tokens_limit: int = Field(4096, ge=1, alias="CHAT_MAX_TOKENS_LIMIT")
+    default_max_tokens: int | None = Field(None, ge=1, alias="CHAT_DEFAULT_MAX_TOKENS")
+    request_timeout_seconds: float = Field(60.0, gt=0, alias="CHAT_UPSTREAM_TIMEOUT_SECONDS")
+    upstream_max_retries: int = Field(2, ge=0, le=10, alias="CHAT_UPSTREAM_MAX_RETRIES")
+
+    # The embedded simulated deployment, used when no model endpoint is configured.
+    simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
+    simulator_token_delay_ms: float = Field(30.0, ge=0, alias="SIMULATOR_TOKEN_DELAY_MS")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="CHAT_LOG_LEVEL")
+
+    @field_validator("azure_openai_endpoint", "openai_base_url", "azure_openai_api_key", "openai_api_key")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        """`func start` and app settings often carry empty strings for 'not set'."""
+        return value.strip() or None if value is not None else None
+
+    @property
+    def provider(self) -> Literal["azure", "openai", "simulator"]:
+        if self.azure_openai_endpoint:
+            return "azure"
+        if self.openai_base_url:
+            return "openai"
+        return "simulator"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
