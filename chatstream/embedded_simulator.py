@@ -1,0 +1,27 @@
+"""The simulated Azure OpenAI deployment, started inside this process when no endpoint is set."""
+
+from __future__ import annotations
+
+import threading
+
+from chatstream.models import ConfigurationError
+from chatstream.settings import Settings
+
+_lock = threading.Lock()
+_url: str | None = None
+
+
+def ensure_simulator(settings: Settings) -> str:
+    """Starts it once per process on a free loopback port and returns its base URL."""
+    global _url
+    with _lock:
+        if _url is None:
+            try:
+                from aoai_simulator.server import start_in_thread
+            except ImportError as exc:
+                raise ConfigurationError("the simulated deployment is not installed") from exc
+            handle = start_in_thread(
+                ttft_ms=settings.simulator_ttft_ms, token_delay_ms=settings.simulator_token_delay_ms
+            )
+            _url = handle.url
+        return _url

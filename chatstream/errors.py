@@ -1,0 +1,92 @@
+"""Errors the caller may see, and the one JSON shape they all take.
+
+Messages here are written for the caller: they never carry upstream exception text, endpoints,
+keys or stack traces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+
+@dataclass
+class ChatError(Exception):
+    """A failure with an HTTP status for before the stream starts and a code for after."""
+
+    status: int
+    code: str
+    message: str
+    param: str | None = None
+    retryable: bool = False
+    retry_after: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        if self.retryable:
+            error["retryable"] = True
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return {"error": error}
+
+
+def _param(loc: tuple[int | str, ...]) -> str | None:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
+
+
+def _code_for(error: dict[str, Any]) -> str:
+    loc = error["loc"]
+    message = str(error.get("msg", ""))
+    if loc == ("messages",) and "messages sent" in message:
+        return "too_many_messages"
+    if loc and loc[-1] in ("content", "user") and "characters long" in message:
+        return "content_too_long"
+    if loc == ("max_tokens",) or loc == ("temperature",):
+        return "option_out_of_range" if error["type"] != "int_parsing" else "invalid_request"
+    return "invalid_request"
+
+
+def from_validation_error(exc: ValidationError) -> ChatError:
+    """The first problem, phrased for the caller; pydantic's input echo is left out on purpose."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    param = _param(tuple(first["loc"]))
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if param:
+        message = f"{param}: {message}"
+    return ChatError(400, _code_for(first), message, param=param)
+
+
+def invalid_json(detail: str) -> ChatError:
+    return ChatError(400, "invalid_json", f"the request body is not valid JSON: {detail}")
+
+
+def body_too_large(limit: int) -> ChatError:
+    return ChatError(413, "body_too_large", f"the request body is larger than {limit} bytes")
+
+
+def unknown_chain(name: str, known: list[str]) -> ChatError:
+    return ChatError(
+        400,
+        "unknown_chain",
+        f"chain: unknown chain {name!r}; known chains: {', '.join(sorted(known))}",
+        param="chain",
+    )
+
+
+def not_configured(reason: str) -> ChatError:
+    return ChatError(503, "not_configured", f"the chat model is not configured: {reason}", retryable=False)
+
+
+def internal_error() -> ChatError:
+    return ChatError(500, "internal_error", "the server failed to produce an answer", retryable=True)

@@ -1,0 +1,93 @@
+"""The event vocabulary: every event is a JSON object told apart by its `type` field.
+
+See docs/protocol.md. Events are plain dicts (cheap to build on the per-delta path); the
+TypedDicts document their shape for readers and type checkers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, NotRequired, TypedDict
+
+from chatstream.errors import ChatError
+
+
+class Usage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class StartEvent(TypedDict):
+    type: Literal["start"]
+    id: str
+    chain: str
+    deployment: str
+    created: int
+
+
+class DeltaEvent(TypedDict):
+    type: Literal["delta"]
+    deployment: str
+    delta_content: str
+
+
+class ErrorEvent(TypedDict):
+    type: Literal["error"]
+    deployment: str
+    code: str
+    message: str
+    retryable: bool
+    retry_after: NotRequired[float]
+
+
+class EndEvent(TypedDict):
+    type: Literal["end"]
+    id: str
+    deployment: str
+    model: str | None
+    finish_reason: str | None
+    usage: Usage | None
+
+
+Event = dict[str, Any]
+
+
+def start(request_id: str, chain: str, deployment: str) -> Event:
+    return {
+        "type": "start",
+        "id": request_id,
+        "chain": chain,
+        "deployment": deployment,
+        "created": int(time.time()),
+    }
+
+
+def delta(deployment: str, content: str) -> Event:
+    return {"type": "delta", "deployment": deployment, "delta_content": content}
+
+
+def error(deployment: str, exc: ChatError) -> Event:
+    event: Event = {
+        "type": "error",
+        "deployment": deployment,
+        "code": exc.code,
+        "message": exc.message,
+        "retryable": exc.retryable,
+    }
+    if exc.retry_after is not None:
+        event["retry_after"] = exc.retry_after
+    return event
+
+
+def end(
+    request_id: str, deployment: str, model: str | None, finish_reason: str | None, usage: Usage | None
+) -> Event:
+    return {
+        "type": "end",
+        "id": request_id,
+        "deployment": deployment,
+        "model": model,
+        "finish_reason": finish_reason,
+        "usage": usage,
+    }

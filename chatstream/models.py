@@ -1,0 +1,90 @@
+"""Building the chat model from settings: Azure OpenAI, an OpenAI-compatible server, or the simulator.
+
+A bad configuration is reported once at start-up and kept as a reason, so each request can be
+answered with a JSON 503 instead of the app failing to load.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlparse
+
+from langchain_core.language_models import BaseChatModel
+from langchain_openai import AzureChatOpenAI, ChatOpenAI
+
+from chatstream.settings import Settings
+
+log = logging.getLogger("chatstream.models")
+
+#: Scope of Microsoft Entra ID tokens for Azure OpenAI.
+COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+
+class ConfigurationError(Exception):
+    """The settings cannot produce a working model; the message says which setting to fix."""
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    provider: Literal["azure", "openai", "simulator"]
+    #: The name every delta is tagged with: the Azure deployment, or the model on other servers.
+    deployment: str
+    model: BaseChatModel
+    endpoint: str
+
+
+def _check_url(name: str, value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigurationError(f"{name} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _azure(settings: Settings, endpoint: str, api_key: str | None) -> AzureChatOpenAI:
+    common = {
+        "azure_endpoint": endpoint,
+        "azure_deployment": settings.azure_openai_deployment,
+        "api_version": settings.azure_openai_api_version,
+        "stream_usage": True,
+        "max_retries": settings.upstream_max_retries,
+        "timeout": settings.request_timeout_seconds,
+    }
+    if api_key:
+        return AzureChatOpenAI(api_key=api_key, **common)
+    # Keyless: the async credential keeps token refreshes off the event loop's critical path.
+    from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+    credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
+    return AzureChatOpenAI(
+        azure_ad_async_token_provider=get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE),
+        **common,
+    )
+
+
+def build_model(settings: Settings, simulator_url: str | None = None) -> ModelTarget:
+    """`simulator_url` is where the simulated deployment listens when no real endpoint is set."""
+    if settings.azure_openai_endpoint:
+        endpoint = _check_url("AZURE_OPENAI_ENDPOINT", settings.azure_openai_endpoint)
+        if not settings.azure_openai_deployment:
+            raise ConfigurationError("AZURE_OPENAI_DEPLOYMENT is empty")
+        model = _azure(settings, endpoint, settings.azure_openai_api_key)
+        return ModelTarget("azure", settings.azure_openai_deployment, model, endpoint)
+    if settings.openai_base_url:
+        endpoint = _check_url("OPENAI_BASE_URL", settings.openai_base_url)
+        if not settings.openai_model:
+            raise ConfigurationError("OPENAI_BASE_URL is set but OPENAI_MODEL is not")
+        model = ChatOpenAI(
+            base_url=endpoint,
+            api_key=settings.openai_api_key or "not-needed",
+            model=settings.openai_model,
+            stream_usage=True,
+            max_retries=settings.upstream_max_retries,
+            timeout=settings.request_timeout_seconds,
+        )
+        return ModelTarget("openai", settings.openai_model, model, endpoint)
+    if simulator_url is None:
+        raise ConfigurationError("no model endpoint is configured and the simulator is not running")
+    model = _azure(settings, simulator_url, "simulated-key")
+    return ModelTarget("simulator", settings.azure_openai_deployment, model, simulator_url)

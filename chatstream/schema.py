@@ -1,0 +1,104 @@
+"""The chat request as the caller sends it, validated before any model call.
+
+Limits come from settings at run time, so they travel in the validation context instead of
+being baked into the field definitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_messages: int = 50
+    max_content_chars: int = 16_000
+    max_tokens: int = 4096
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    context = info.context or {}
+    return context.get("limits") or Limits()
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Role
+    content: str = Field(min_length=1)
+
+    @field_validator("content")
+    @classmethod
+    def _content_length(cls, value: str, info: ValidationInfo) -> str:
+        limit = _limits(info).max_content_chars
+        if len(value) > limit:
+            raise ValueError(f"content is {len(value)} characters long; the limit is {limit}")
+        return value
+
+
+class ChatRequest(BaseModel):
+    """OpenAI-style `messages`, or seed 004's `{"user": "..."}` shorthand.
+
+    Every rule is a field validator so each error carries the field it is about.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str | None = Field(None, min_length=1)
+    messages: tuple[Message, ...] = Field((), validate_default=True)
+    chain: str | None = Field(None, min_length=1, max_length=64)
+    stream: bool = True
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object_body(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("the request body must be a JSON object")
+        return data
+
+    @field_validator("user")
+    @classmethod
+    def _user_length(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = _limits(info).max_content_chars
+        if value is not None and len(value) > limit:
+            raise ValueError(f"user is {len(value)} characters long; the limit is {limit}")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _conversation(cls, value: tuple[Message, ...], info: ValidationInfo) -> tuple[Message, ...]:
+        has_user = info.data.get("user") is not None
+        if has_user and value:
+            raise ValueError("send either 'messages' or 'user', not both")
+        if has_user:
+            return value
+        if not value:
+            raise ValueError("at least one message is required (or send 'user')")
+        limit = _limits(info).max_messages
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} messages sent; the limit is {limit}")
+        if value[-1].role != "user":
+            raise ValueError("the last message must have role 'user'")
+        return value
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = _limits(info).max_tokens
+        if value is not None and value > limit:
+            raise ValueError(f"max_tokens may be at most {limit}")
+        return value
+
+    @property
+    def conversation(self) -> tuple[Message, ...]:
+        """The conversation with the shorthand expanded."""
+        if self.user is not None:
+            return (Message(role="user", content=self.user),)
+        return self.messages

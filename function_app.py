@@ -1,0 +1,27 @@
+"""Azure Functions entry point (Python v2 model): thin routing onto the chat endpoint.
+
+Everything that is not about Azure Functions lives in `chatstream/` and `chains/`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from chatstream.endpoint import ChatEndpoint
+from chatstream.service import ChatService
+from chatstream.settings import get_settings
+
+settings = get_settings()
+logging.getLogger("chatstream").setLevel(settings.log_level)
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+chat_endpoint = ChatEndpoint(ChatService.from_settings(settings))
+
+
+@app.route(route="chat", methods=[func.HttpMethod.POST])
+async def chat(req: Request) -> Response:
+    """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object)."""
+    return await chat_endpoint.handle(req)
