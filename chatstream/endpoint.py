@@ -5,19 +5,20 @@ Nothing here is Azure-specific; `function_app.py` only routes to it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from chatstream import encoding, errors
 from chatstream.errors import ChatError
 from chatstream.events import Event
-from chatstream.runner import collect
+from chatstream.response import EventStreamResponse
+from chatstream.runner import ChainRun, collect
 from chatstream.schema import ChatRequest
 from chatstream.service import ChatService
 
@@ -66,10 +67,10 @@ def parse_request(body: bytes, service: ChatService) -> ChatRequest:
         raise errors.from_validation_error(exc) from None
 
 
-async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    yield first
-    async for event in rest:
-        yield event
+def deadline_error(seconds: float) -> ChatError:
+    return ChatError(
+        504, "deadline_exceeded", f"the answer took longer than the {seconds:g} s limit", retryable=True
+    )
 
 
 class ChatEndpoint:
@@ -85,17 +86,39 @@ class ChatEndpoint:
             if not chat_request.stream:
                 answer = await collect(run)
                 return JSONResponse(answer, headers={"X-Request-Id": request_id, "Cache-Control": "no-store"})
-            wire = encoding.choose(request.headers.get("accept"))
-            stream = run.events()
-            # Hold the response until the upstream accepted the request, so failures get a real status.
-            first = await anext(stream)
+            return await self._stream(request, run)
         except ChatError as error:
             return error_response(error, request_id)
         except Exception:
             log.exception("chat request %s failed", request_id)
             return error_response(errors.internal_error(), request_id)
-        return StreamingResponse(
-            wire.encode_stream(_prepend(first, stream)),
-            media_type=wire.media_type,
-            headers={**STREAM_HEADERS, "X-Request-Id": request_id},
+
+    async def _stream(self, request: Request, run: ChainRun) -> Response:
+        """Hold the headers until the model accepted the request (so failures get a real status),
+        but no longer than the first-event wait, after which heartbeats keep the line alive."""
+        settings = self.service.settings
+        loop = asyncio.get_running_loop()
+        deadline_at = loop.time() + settings.deadline_seconds
+        stream = run.events()
+        first: Event | asyncio.Task[Event] = asyncio.ensure_future(anext(stream))
+        try:
+            await asyncio.wait({first}, timeout=settings.first_event_wait_seconds)
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
+        if first.done():
+            try:
+                first = first.result()
+            except ChatError:
+                run.log_outcome()
+                raise
+        return EventStreamResponse(
+            run,
+            first,
+            stream,
+            encoding.choose(request.headers.get("accept")),
+            heartbeat_seconds=settings.heartbeat_seconds,
+            deadline_at=deadline_at,
+            deadline_error=deadline_error(settings.deadline_seconds),
+            headers={**STREAM_HEADERS, "X-Request-Id": run.request_id},
         )

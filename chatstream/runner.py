@@ -67,14 +67,29 @@ class ChainRun:
     started_at: float = field(default_factory=time.perf_counter)
     first_delta_at: float | None = None
 
+    started: bool = False
+    logged: bool = False
+
+    def _start_event(self) -> Event:
+        self.started = True
+        return events.start(self.request_id, self.chain_name, self.deployment)
+
+    def _end_event(self) -> Event:
+        return events.end(self.request_id, self.deployment, self.model, self.finish_reason, self.usage)
+
+    def fail(self, error: ChatError) -> list[Event]:
+        """The events that close a stream this run can no longer finish (late failure, deadline)."""
+        self.outcome = f"error:{error.code}"
+        self.finish_reason = "error"
+        head = [] if self.started else [self._start_event()]
+        return [*head, events.error(self.deployment, error), self._end_event()]
+
     async def events(self) -> AsyncIterator[Event]:
-        started = False
         deployment = self.deployment
         try:
             async for chunk in self.chain.astream(self.inputs, self.config):
-                if not started:
-                    started = True
-                    yield events.start(self.request_id, self.chain_name, deployment)
+                if not self.started:
+                    yield self._start_event()
                 if isinstance(chunk, AIMessageChunk):
                     text = _text(chunk.content)
                     metadata = chunk.response_metadata
@@ -92,24 +107,28 @@ class ChainRun:
                         self.first_delta_at = time.perf_counter()
                     self.deltas += 1
                     yield events.delta(deployment, text)
-            if not started:
-                yield events.start(self.request_id, self.chain_name, deployment)
+            if not self.started:
+                yield self._start_event()
             self.outcome = "completed"
         except (asyncio.CancelledError, GeneratorExit):
-            self.outcome = "cancelled"
+            if self.outcome == "running":
+                self.outcome = "cancelled"
             raise
         except Exception as exc:
             error = to_chat_error(exc)
-            self.outcome = f"error:{error.code}"
-            if not started or not self.in_band_errors:
+            if not self.started or not self.in_band_errors:
+                self.outcome = f"error:{error.code}"
                 raise error from exc
-            yield events.error(deployment, error)
-            self.finish_reason = "error"
-        finally:
-            self._log()
-        yield events.end(self.request_id, deployment, self.model, self.finish_reason, self.usage)
+            for event in self.fail(error):
+                yield event
+            return
+        yield self._end_event()
 
-    def _log(self) -> None:
+    def log_outcome(self) -> None:
+        """One line per request, written once by whoever ends the request."""
+        if self.logged:
+            return
+        self.logged = True
         elapsed = time.perf_counter() - self.started_at
         ttft = (self.first_delta_at - self.started_at) if self.first_delta_at else None
         log.info(
@@ -131,9 +150,12 @@ async def collect(run: ChainRun) -> dict[str, Any]:
     """The whole answer as one object, for `"stream": false`; any failure is raised."""
     run.in_band_errors = False
     parts: list[str] = []
-    async for event in run.events():
-        if event["type"] == "delta":
-            parts.append(event["delta_content"])
+    try:
+        async for event in run.events():
+            if event["type"] == "delta":
+                parts.append(event["delta_content"])
+    finally:
+        run.log_outcome()
     if run.outcome != "completed":
         raise ChatError(500, "internal_error", "the server failed to produce an answer")
     return {

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     default_max_tokens: int | None = Field(None, ge=1, alias="CHAT_DEFAULT_MAX_TOKENS")
     request_timeout_seconds: float = Field(60.0, gt=0, alias="CHAT_UPSTREAM_TIMEOUT_SECONDS")
     upstream_max_retries: int = Field(2, ge=0, le=10, alias="CHAT_UPSTREAM_MAX_RETRIES")
+    first_event_wait_seconds: float = Field(5.0, ge=0, alias="CHAT_FIRST_EVENT_WAIT_SECONDS")
+    heartbeat_seconds: float = Field(15.0, ge=0, alias="CHAT_HEARTBEAT_SECONDS")
+    deadline_seconds: float = Field(220.0, gt=0, alias="CHAT_DEADLINE_SECONDS")
 
     # The embedded simulated deployment, used when no model endpoint is configured.
     simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
