@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         """`func start` and app settings often carry empty strings for 'not set'."""
         return value.strip() or None if value is not None else None
 
+    @field_validator("default_max_tokens", mode="before")
+    @classmethod
+    def _blank_number_is_unset(cls, value: object) -> object:
+        """An empty CHAT_DEFAULT_MAX_TOKENS (as in local.settings.json.example) means 'not set'."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @property
     def provider(self) -> Literal["azure", "openai", "simulator"]:
         if self.azure_openai_endpoint:

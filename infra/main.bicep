@@ -1,0 +1,203 @@
+// Entry point for `azd up` / `azd provision`: creates one resource group with everything the
+// streaming chat function app needs. Keyless end to end: no parameter or output carries a secret.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; used for the resource group name and the unique resource token.')
+param environmentName string
+
+@minLength(1)
+@description('Region for all resources except (optionally) Azure OpenAI. Must offer Flex Consumption.')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of the developer running azd (AZURE_PRINCIPAL_ID). Gets OpenAI User for local runs.')
+param principalId string = ''
+
+@allowed(['User', 'ServicePrincipal', 'Group'])
+param principalType string = 'User'
+
+@description('Region for the Azure OpenAI account (model availability differs by region). Empty: same as location.')
+param openAiLocation string = ''
+
+// ---- Model deployment -----------------------------------------------------------------------
+@description('Deployment name; the app receives it as AZURE_OPENAI_DEPLOYMENT.')
+param chatDeploymentName string = 'gpt-4o-mini'
+param chatModelName string = 'gpt-4o-mini'
+param chatModelVersion string = '2024-07-18'
+@description('GlobalStandard, DataZoneStandard, Standard, ... (must be offered for the model in openAiLocation).')
+param chatDeploymentSkuName string = 'GlobalStandard'
+@description('Capacity in thousands of tokens per minute.')
+@minValue(1)
+param chatDeploymentCapacity int = 30
+@description('Azure OpenAI data-plane API version the app uses (GA).')
+param openAiApiVersion string = '2024-10-21'
+
+// ---- Flex Consumption scale -------------------------------------------------------------------
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@allowed([512, 2048, 4096])
+param instanceMemoryMB int = 2048
+
+@description('Open streams per instance. Streams are I/O-bound (awaiting tokens), so one instance serves many; at 1 every stream would pin a whole instance.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 16
+
+// ---- App behaviour ---------------------------------------------------------------------------
+@description('Comma-separated browser origins allowed to call /api/chat, e.g. "https://app.example.com,http://localhost:5173". Empty: no cross-origin browser access.')
+param corsAllowedOrigins string = ''
+
+@description('app: the function implements CORS from CHAT_CORS_ORIGINS (default). platform: App Service CORS (siteConfig.cors) and CHAT_CORS_ORIGINS is left empty.')
+@allowed(['app', 'platform'])
+param corsHandledBy string = 'app'
+
+@description('Stream budget in seconds; must stay below the 230 s front-end response limit.')
+@minValue(10)
+@maxValue(225)
+param chatDeadlineSeconds int = 200
+
+@minValue(1)
+@maxValue(60)
+param chatHeartbeatSeconds int = 15
+
+param chatLogContent bool = false
+
+@allowed(['DEBUG', 'INFO', 'WARNING', 'ERROR'])
+param chatLogLevel string = 'INFO'
+
+@description('Grant Storage Queue/Table Data Contributor to the app identity (not needed for HTTP-only).')
+param grantQueueAndTableRoles bool = false
+
+@description('Grant the developer Monitoring Metrics Publisher so local runs can send telemetry.')
+param grantDeveloperMonitoring bool = false
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+var functionAppName = 'func-${resourceToken}'
+var deploymentContainerName = 'app-package-${resourceToken}'
+
+resource rg 'Microsoft.Resources/resourceGroups@2022-09-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'core/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-api-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'core/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+  }
+}
+
+module monitoring 'core/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-${resourceToken}'
+    applicationInsightsName: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module openAi 'core/openai.bicep' = {
+  name: 'openai'
+  scope: rg
+  params: {
+    name: 'oai-${resourceToken}'
+    location: empty(openAiLocation) ? location : openAiLocation
+    tags: tags
+    deploymentName: chatDeploymentName
+    modelName: chatModelName
+    modelVersion: chatModelVersion
+    skuName: chatDeploymentSkuName
+    capacity: chatDeploymentCapacity
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    openAiAccountName: openAi.outputs.name
+    appPrincipalId: identity.outputs.principalId
+    developerPrincipalId: principalId
+    developerPrincipalType: principalType
+    grantDeveloperMonitoring: grantDeveloperMonitoring
+    grantQueueAndTableRoles: grantQueueAndTableRoles
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  // Create the app after its identity can reach storage, so the host's first start succeeds
+  // (role propagation can still take a few minutes).
+  dependsOn: [rbac]
+  params: {
+    planName: 'plan-${resourceToken}'
+    functionAppName: functionAppName
+    location: location
+    tags: tags
+    serviceName: 'api'
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    openAiEndpoint: openAi.outputs.endpoint
+    openAiDeployment: openAi.outputs.deploymentName
+    openAiApiVersion: openAiApiVersion
+    pythonVersion: '3.11'
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    corsAllowedOrigins: corsAllowedOrigins
+    corsHandledBy: corsHandledBy
+    chatDeadlineSeconds: chatDeadlineSeconds
+    chatHeartbeatSeconds: chatHeartbeatSeconds
+    chatLogContent: chatLogContent
+    chatLogLevel: chatLogLevel
+  }
+}
+
+// Outputs become azd environment values (`azd env get-values`); none of them is a secret.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output CHAT_ENDPOINT_URL string = api.outputs.chatEndpoint
+output AZURE_OPENAI_ENDPOINT string = openAi.outputs.endpoint
+output AZURE_OPENAI_DEPLOYMENT string = openAi.outputs.deploymentName
+output AZURE_OPENAI_API_VERSION string = openAiApiVersion
+output AZURE_OPENAI_ACCOUNT_NAME string = openAi.outputs.name
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output AZURE_API_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output CHAT_CORS_HANDLED_BY string = corsHandledBy
