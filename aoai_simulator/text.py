@@ -115,8 +115,9 @@ def _answer_tokens_cached(digest: str, ack: str, n_tokens: int) -> tuple[str, ..
     while len(tokens) < n_tokens:
         tokens.extend(tokenize(next(sentences)))
     del tokens[n_tokens:]
-    # End on a full stop so a full-length answer reads as finished; the count stays exactly n.
-    if tokens and not tokens[-1].endswith((".", '"', ")")):
+    # End on a full stop so a full-length answer reads as finished; the count stays exactly n. Only
+    # after a word: "." right after punctuation would merge with it and re-tokenize differently.
+    if tokens and tokens[-1][-1:].isalnum() and (len(tokens) == 1 or tokens[-2][-1:].isalnum()):
         tokens[-1] = "."
     return tuple(tokens)
 
