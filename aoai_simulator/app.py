@@ -135,6 +135,9 @@ async def _abort_connection(send: Send) -> None:
     while transport.get_write_buffer_size() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     transport.abort()
+    # abort() reports connection_lost on the next loop turns; let the server see it before we return.
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
