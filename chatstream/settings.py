@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # The embedded simulated deployment, used when no model endpoint is configured.
     simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
     simulator_token_delay_ms: float = Field(30.0, ge=0, alias="SIMULATOR_TOKEN_DELAY_MS")
+    #: 0 picks a free port; a fixed one lets you read the simulator's /_sim/stats.
+    simulator_port: int = Field(0, ge=0, le=65535, alias="SIMULATOR_PORT")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="CHAT_LOG_LEVEL")
 

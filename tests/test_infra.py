@@ -77,6 +77,7 @@ OPTIONAL_IN_AZURE = {
     "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s, well under the heartbeat); override with extraAppSettings",
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_TOKEN_DELAY_MS": "simulator only; Azure uses the real deployment",
+    "SIMULATOR_PORT": "simulator only; Azure uses the real deployment",
 }
 
 #: App settings Bicep already sets for settings announced for the app but not yet in
