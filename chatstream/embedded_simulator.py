@@ -12,16 +12,23 @@ _url: str | None = None
 
 
 def ensure_simulator(settings: Settings) -> str:
-    """Starts it once per process on a free loopback port and returns its base URL."""
+    """Starts it once per process on a loopback port and returns its base URL."""
     global _url
     with _lock:
         if _url is None:
             try:
+                from aoai_simulator.config import SimulatorConfig
                 from aoai_simulator.server import start_in_thread
             except ImportError as exc:
                 raise ConfigurationError("the simulated deployment is not installed") from exc
-            handle = start_in_thread(
+            config = SimulatorConfig(
                 ttft_ms=settings.simulator_ttft_ms, token_delay_ms=settings.simulator_token_delay_ms
             )
+            try:
+                handle = start_in_thread(config, port=settings.simulator_port)
+            except (OSError, RuntimeError) as exc:
+                raise ConfigurationError(
+                    f"the simulated deployment could not start on port {settings.simulator_port}: {exc}"
+                ) from exc
             _url = handle.url
         return _url

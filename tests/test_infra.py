@@ -74,7 +74,7 @@ OPTIONAL_IN_AZURE = {
     "CHAT_DEFAULT_MAX_TOKENS": "unset means the model's own default",
     "CHAT_UPSTREAM_TIMEOUT_SECONDS": "code default; override with extraAppSettings",
     "CHAT_UPSTREAM_MAX_RETRIES": "code default; override with extraAppSettings",
-    "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s, well under the heartbeat); override with extraAppSettings",
+    "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s); override with extraAppSettings",
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_TOKEN_DELAY_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_PORT": "simulator only; Azure uses the real deployment",
