@@ -15,6 +15,7 @@ from pathlib import Path
 from funchost.asgi import build_asgi_app
 from funchost.banner import banner
 from funchost.registry import FunctionLoadError, import_function_app
+from funchost.routing import RouteTemplateError
 from funchost.server import ReadyServer, make_config
 from funchost.settings import LocalSettings, SettingsError, load_local_settings, resolve_port, route_prefix
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(app_dir)
         function_app = import_function_app(app_dir)
         asgi_app = build_asgi_app(function_app, prefix, app_dir)
-    except (SettingsError, FunctionLoadError) as exc:
+    except (SettingsError, FunctionLoadError, RouteTemplateError) as exc:
         print(f"funchost: {exc}", file=sys.stderr)
         return 2
     notes = "\n".join(n for n in (_settings_note(local), _init_indexing_warning()) if n)
