@@ -1,0 +1,108 @@
+"""The ASGI app: the host's routing front end wrapped around the worker's catch-all.
+
+Real request path: host matches route + method (404 otherwise), forwards the raw request
+with an `x-ms-invocation-id` header to the worker's FastAPI app, whose single catch-all
+route syncs the route values into the request and awaits the function's result.  We keep
+the same two layers in one process so user code sees the same Request and its Response
+(including streams) goes out untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azurefunctions.extensions.base import RequestTrackerMeta
+from azurefunctions.extensions.http.fastapi import WebApp
+from fastapi import Request
+from starlette.types import Receive, Scope, Send
+
+from funchost.invoke import invoke
+from funchost.registry import HttpFunction, http_functions
+
+log = logging.getLogger("funchost")
+
+INVOCATION_HEADER = b"x-ms-invocation-id"
+_SCOPE_KEY = "funchost.match"
+_REPLACED = {INVOCATION_HEADER, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+
+_HOMEPAGE = b"<html><body><h1>Your Functions app is up and running (funchost)</h1></body></html>"
+
+
+class FunctionHost:
+    """ASGI callable; `functions` lists what is served, most specific route first."""
+
+    def __init__(self, functions: list[HttpFunction], route_prefix: str, function_directory: str) -> None:
+        self.functions = functions
+        self.route_prefix = route_prefix
+        self._function_directory = function_directory
+        web_app = WebApp()
+        web_app.route(self._catch_all)
+        self._worker_app = web_app.get_app()
+
+    def match(self, method: str, path: str) -> tuple[HttpFunction, dict[str, str]] | None:
+        """First function whose template fits and that accepts the method (else host 404)."""
+        for function in self.functions:
+            values = function.template.match(path)
+            if values is not None and function.allows(method):
+                return function, values
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._worker_app(scope, receive, send)
+            return
+        found = self.match(scope["method"], scope["path"])
+        if found is None:
+            home = scope["method"] in ("GET", "HEAD") and scope["path"] in ("", "/")
+            await _plain_response(send, 200 if home else 404, _HOMEPAGE if home else b"")
+            return
+        invocation_id = str(uuid.uuid4())
+        scope = dict(scope)
+        scope["headers"] = _forwarded_headers(scope, invocation_id)
+        scope[_SCOPE_KEY] = (found[0], found[1], invocation_id)
+        await self._worker_app(scope, receive, send)
+
+    async def _catch_all(self, request: Request) -> Any:
+        function, values, invocation_id = request.scope[_SCOPE_KEY]
+        # Same call the worker makes: route values arrive as strings, replacing `path`.
+        RequestTrackerMeta.get_synchronizer().sync_route_params(request, dict(values))
+        return await invoke(function, request, invocation_id, self._function_directory)
+
+
+def _forwarded_headers(scope: Scope, invocation_id: str) -> list[tuple[bytes, bytes]]:
+    """Headers as YARP forwards them: invocation id plus X-Forwarded-* (Host kept)."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _REPLACED]
+    host = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
+    client = scope.get("client") or ("", 0)
+    headers += [
+        (INVOCATION_HEADER, invocation_id.encode()),
+        (b"x-forwarded-for", str(client[0]).encode()),
+        (b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()),
+    ]
+    if host:
+        headers.append((b"x-forwarded-host", host))
+    return headers
+
+
+async def _plain_response(send: Send, status: int, body: bytes) -> None:
+    content_type = b"text/html; charset=utf-8" if body else b"text/plain"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_asgi_app(
+    function_app: func.FunctionApp, route_prefix: str = "api", function_directory: str | Path = "."
+) -> FunctionHost:
+    """Serve every HTTP function registered on `function_app` (calls get_functions() once)."""
+    functions = http_functions(function_app, route_prefix)
+    return FunctionHost(functions, route_prefix, str(Path(function_directory).resolve()))

@@ -1,0 +1,59 @@
+"""Real uvicorn, configured so each chunk a function yields leaves at once.
+
+No compression middleware, no response buffering; `on_ready` fires only once the
+socket is listening, so the banner never advertises a URL that does not answer yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import uvicorn
+from starlette.types import ASGIApp
+
+ReadyCallback = Callable[[str, int], None]
+
+
+def make_config(
+    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "info"
+) -> uvicorn.Config:
+    """uvicorn settings for streaming: plain HTTP/1.1, no lifespan needs, short drain."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="off",
+        access_log=False,
+        # Let open streams finish briefly on Ctrl+C instead of hanging forever.
+        timeout_graceful_shutdown=5,
+        log_config=None,
+    )
+
+
+class ReadyServer(uvicorn.Server):
+    """uvicorn.Server that reports the actually bound host/port once listening."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: ReadyCallback | None = None) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+        self.bound: tuple[str, int] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.should_exit or not self.servers:
+            return
+        for server in self.servers:
+            for sock in server.sockets or ():
+                name = sock.getsockname()
+                self.bound = (str(name[0]), int(name[1]))
+                break
+            if self.bound:
+                break
+        if self.bound and self._on_ready is not None:
+            try:
+                self._on_ready(*self.bound)
+            except Exception:
+                logging.getLogger("funchost").exception("startup callback failed")
