@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path("."),
         help="folder with function_app.py and host.json (default: .)",
     )
+    parser.add_argument(
+        "--no-local-settings",
+        action="store_true",
+        help="ignore local.settings.json (tests use this so a developer's Azure settings never leak in)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     app_dir = args.app_dir.resolve()
     try:
-        local = load_local_settings(app_dir)
+        local = LocalSettings() if args.no_local_settings else load_local_settings(app_dir)
         port = resolve_port(args.port, local_http_port=local.local_http_port)
         prefix = route_prefix(app_dir)
         # The worker runs with the app folder as working directory and on sys.path.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -133,6 +133,7 @@ def start_subprocess(
     port: int = 0,
     startup_timeout: float = 30.0,
     port_flag: bool = True,
+    extra_args: Sequence[str] = (),
 ) -> SubprocessServer:
     """Start `python -m funchost --app-dir app_dir` and wait until its port answers.
 
@@ -149,6 +150,7 @@ def start_subprocess(
     cmd = [sys.executable, "-m", "funchost", "--app-dir", str(app_dir), "--host", LOOPBACK]
     if port_flag:
         cmd += ["--port", str(port)]
+    cmd += list(extra_args)
     proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     handle = SubprocessServer(f"http://{LOOPBACK}:{port}", port, proc)
     try:
