@@ -6,7 +6,6 @@ Nothing here is Azure-specific; `function_app.py` only routes to it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 
@@ -55,14 +54,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_request(body: bytes, service: ChatService) -> ChatRequest:
+    """Strict JSON-mode validation: `"stream": "yes"` or `"max_tokens": 5.0` are errors, not guesses."""
     if not body.strip():
         raise errors.invalid_json("the body is empty")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.invalid_json(str(exc)) from None
-    try:
-        return ChatRequest.model_validate(data, context={"limits": service.limits})
+        return ChatRequest.model_validate_json(body, strict=True, context={"limits": service.limits})
     except ValidationError as exc:
         raise errors.from_validation_error(exc) from None
 

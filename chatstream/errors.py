@@ -45,6 +45,9 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
     return text or None
 
 
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "value_error"}
+
+
 def _code_for(error: dict[str, Any]) -> str:
     loc = error["loc"]
     message = str(error.get("msg", ""))
@@ -52,14 +55,16 @@ def _code_for(error: dict[str, Any]) -> str:
         return "too_many_messages"
     if loc and loc[-1] in ("content", "user") and "characters long" in message:
         return "content_too_long"
-    if loc == ("max_tokens",) or loc == ("temperature",):
-        return "option_out_of_range" if error["type"] != "int_parsing" else "invalid_request"
+    if loc in (("max_tokens",), ("temperature",)) and error["type"] in _RANGE_ERRORS:
+        return "option_out_of_range"
     return "invalid_request"
 
 
 def from_validation_error(exc: ValidationError) -> ChatError:
     """The first problem, phrased for the caller; pydantic's input echo is left out on purpose."""
     first = exc.errors(include_url=False, include_input=False)[0]
+    if first["type"] == "json_invalid":
+        return invalid_json(str(first["ctx"].get("error", "malformed")) if first.get("ctx") else "malformed")
     param = _param(tuple(first["loc"]))
     message = str(first["msg"]).removeprefix("Value error, ")
     if param:

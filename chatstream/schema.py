@@ -50,7 +50,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     user: str | None = Field(None, min_length=1)
-    messages: tuple[Message, ...] = Field((), validate_default=True)
+    messages: list[Message] = Field(default_factory=list, validate_default=True)
     chain: str | None = Field(None, min_length=1, max_length=64)
     stream: bool = True
     max_tokens: int | None = Field(None, ge=1)
@@ -73,7 +73,7 @@ class ChatRequest(BaseModel):
 
     @field_validator("messages")
     @classmethod
-    def _conversation(cls, value: tuple[Message, ...], info: ValidationInfo) -> tuple[Message, ...]:
+    def _conversation(cls, value: list[Message], info: ValidationInfo) -> list[Message]:
         has_user = info.data.get("user") is not None
         if has_user and value:
             raise ValueError("send either 'messages' or 'user', not both")
@@ -97,8 +97,8 @@ class ChatRequest(BaseModel):
         return value
 
     @property
-    def conversation(self) -> tuple[Message, ...]:
+    def conversation(self) -> list[Message]:
         """The conversation with the shorthand expanded."""
         if self.user is not None:
-            return (Message(role="user", content=self.user),)
+            return [Message(role="user", content=self.user)]
         return self.messages

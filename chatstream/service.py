@@ -23,7 +23,7 @@ _MESSAGE_TYPES: dict[str, type[BaseMessage]] = {
 }
 
 
-def _history(messages: tuple[Message, ...]) -> list[BaseMessage]:
+def _history(messages: list[Message]) -> list[BaseMessage]:
     return [_MESSAGE_TYPES[m.role](content=m.content) for m in messages]
 
 

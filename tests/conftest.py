@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from aoai_simulator import SimulatorConfig, SimulatorHandle, start_in_thread
+from funchost.testing import SubprocessServer, start_subprocess
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +25,60 @@ def simulator(_simulator_server: SimulatorHandle) -> SimulatorHandle:
     """The shared simulator with fresh stats and fault counters."""
     _simulator_server.reset()
     return _simulator_server
+
+
+# --- The app under test: `python -m funchost` serving function_app.py over a real socket. ---
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "openai-streams"
+
+#: Settings that would point the app somewhere else; the tests always choose for themselves.
+_MODEL_SETTINGS = (
+    "AZURE_OPENAI_ENDPOINT",
+    "AZURE_OPENAI_API_KEY",
+    "AZURE_OPENAI_DEPLOYMENT",
+    "AZURE_CLIENT_ID",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_MODEL",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+)
+
+
+def app_env(**overrides: str) -> dict[str, str]:
+    """A clean environment for the app process: no model settings inherited from the developer."""
+    env = {k: v for k, v in os.environ.items() if k not in _MODEL_SETTINGS and not k.startswith("CHAT_")}
+    env.update({"CHAT_LOG_LEVEL": "INFO", **overrides})
+    return env
+
+
+def start_app(**env: str) -> SubprocessServer:
+    return start_subprocess(REPO_ROOT, app_env(**env), extra_args=["--no-local-settings"])
+
+
+@pytest.fixture(scope="session")
+def paced_simulator() -> Iterator[SimulatorHandle]:
+    """A simulator with small but visible delays, so streams are observably spread over time."""
+    handle = start_in_thread(SimulatorConfig(ttft_ms=20, token_delay_ms=5, hold_seconds=10))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def _app(paced_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
+    server = start_app(
+        AZURE_OPENAI_ENDPOINT=paced_simulator.url,
+        AZURE_OPENAI_API_KEY="test-key",
+        AZURE_OPENAI_DEPLOYMENT="gpt-4o-mini",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app(_app: SubprocessServer, paced_simulator: SimulatorHandle) -> SubprocessServer:
+    """The app on the paced simulator; simulator stats are fresh for each test."""
+    if _app.process.poll() is not None:
+        pytest.fail(f"the app process died:\n{_app.output}")
+    paced_simulator.reset()
+    return _app

@@ -23,8 +23,9 @@ class Replay:
     delay: float = 0.0
     requests: list[dict] = field(default_factory=list)
 
-    def load(self, body: bytes, *, status: int = 200, content_type: str = "text/event-stream",
-             delay: float = 0.0) -> None:
+    def load(
+        self, body: bytes, *, status: int = 200, content_type: str = "text/event-stream", delay: float = 0.0
+    ) -> None:
         self.body, self.status, self.content_type, self.delay = body, status, content_type, delay
 
     def events(self) -> list[bytes]:
@@ -47,7 +48,9 @@ class Replay:
         async def health(_: Request) -> Response:
             return JSONResponse({"ok": True})
 
-        return Starlette(routes=[
-            Route("/openai/deployments/{deployment}/chat/completions", self.handle, methods=["POST"]),
-            Route("/health", health),
-        ])
+        return Starlette(
+            routes=[
+                Route("/openai/deployments/{deployment}/chat/completions", self.handle, methods=["POST"]),
+                Route("/health", health),
+            ]
+        )
