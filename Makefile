@@ -31,5 +31,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The benchmark (minutes; not part of `make test`): writes bench/results/results.{md,json} + concurrency.svg.
+bench: $(STAMP)
+	$(PY) -m bench
+
+# Tiny sizes, seconds: proves the benchmark still runs (tests/test_bench_smoke.py runs it under `make test`).
+bench-smoke: $(STAMP)
+	$(PY) -m bench --smoke
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

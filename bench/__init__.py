@@ -1,0 +1,1 @@
+"""Streaming benchmark: the product against the naive pipeline, LangServe and a raw proxy (see README)."""

@@ -1,0 +1,1 @@
+"""The baselines the product is measured against; each runs as its own uvicorn process."""

@@ -1,0 +1,92 @@
+"""The four contenders: how to start each, what to POST, and which bytes mark one forwarded delta."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOYMENT = "gpt-4o-mini"
+API_KEY = "bench-key"
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    argv: Callable[[int], list[str]]
+    path: str
+    body: Callable[[str], bytes]
+    marker: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+PRODUCT = Contender(
+    key="product",
+    label="product (funchost + chatstream)",
+    argv=lambda port: [
+        "-m",
+        "funchost",
+        "--app-dir",
+        str(REPO),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-local-settings",
+        "--log-level",
+        "warning",
+    ],
+    path="/api/chat",
+    body=lambda q: _json({"messages": [{"role": "user", "content": q}]}),
+    marker=b'"type":"delta"',
+)
+
+NAIVE = Contender(
+    key="naive",
+    label="naive (astream -> json.dumps -> SSE)",
+    argv=lambda port: ["-m", "bench.apps.naive", str(port)],
+    path="/chat",
+    body=lambda q: _json({"question": q}),
+    marker=b'"type": "delta"',
+)
+
+LANGSERVE = Contender(
+    key="langserve",
+    label="LangServe /stream",
+    argv=lambda port: ["-m", "bench.apps.langserve_app", str(port)],
+    path="/chat/stream",
+    body=lambda q: _json({"input": {"question": q}}),
+    marker=b"event: data",
+)
+
+RAW = Contender(
+    key="raw",
+    label="raw pass-through proxy (floor)",
+    argv=lambda port: ["-m", "bench.apps.raw_proxy", str(port)],
+    path="/chat",
+    body=lambda q: _json(
+        {
+            "messages": [{"role": "user", "content": q}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ),
+    marker=b'"delta":{"content":"',
+)
+
+ALL = {c.key: c for c in (PRODUCT, NAIVE, LANGSERVE, RAW)}
+
+
+def upstream_target_body(question: str) -> bytes:
+    """What the benchmark sends straight to the simulator to learn the upstream's own TTFT."""
+    return RAW.body(question)
+
+
+UPSTREAM_PATH = f"/openai/deployments/{DEPLOYMENT}/chat/completions?api-version=2024-10-21"

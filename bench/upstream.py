@@ -1,0 +1,103 @@
+"""The simulated deployment for the benchmark, as its own process: `python -m bench.upstream --port P`.
+
+Every contender is a fixed app pointed at one upstream, so the scenario travels in the prompt: a
+question containing `[bench:<profile>]` gets that profile's length and pacing (injected as the
+simulator's own `x-sim-*` headers). Costs one body scan per request, nothing per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import uvicorn
+
+from aoai_simulator import SimulatorApp, SimulatorConfig
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGI = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
+
+_PROFILE = re.compile(rb"\[bench:([a-z]+)(?::(\d+))?\]")
+
+
+def profiles(long_tokens: int, paced_tokens: int, paced_delay_ms: float) -> dict[str, dict[str, str]]:
+    """Profile -> x-sim headers. `[bench:long:N]` overrides the token count."""
+    return {
+        "long": {"x-sim-tokens": str(long_tokens), "x-sim-ttft-ms": "0", "x-sim-token-delay-ms": "0"},
+        "short": {"x-sim-tokens": "20", "x-sim-ttft-ms": "0", "x-sim-token-delay-ms": "0"},
+        "paced": {
+            "x-sim-tokens": str(paced_tokens),
+            "x-sim-ttft-ms": "0",
+            "x-sim-token-delay-ms": str(paced_delay_ms),
+        },
+    }
+
+
+class ProfileMiddleware:
+    def __init__(self, app: ASGI, table: dict[str, dict[str, str]]) -> None:
+        self.app = app
+        self.table = table
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        match = _PROFILE.search(body)
+        if match is not None:
+            headers = dict(self.table.get(match.group(1).decode(), {}))
+            if match.group(2):
+                headers["x-sim-tokens"] = match.group(2).decode()
+            scope = dict(scope)
+            scope["headers"] = [
+                *scope["headers"],
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+            ]
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.upstream")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--long-tokens", type=int, default=20_000)
+    parser.add_argument("--paced-tokens", type=int, default=200)
+    parser.add_argument("--paced-delay-ms", type=float, default=20.0)
+    args = parser.parse_args()
+    config = SimulatorConfig(ttft_ms=0, token_delay_ms=0, history_size=50)
+    app = ProfileMiddleware(
+        SimulatorApp(config), profiles(args.long_tokens, args.paced_tokens, args.paced_delay_ms)
+    )
+    uvicorn_config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        backlog=4096,
+        timeout_graceful_shutdown=1,
+    )
+    # Server.run() picks uvloop + httptools when installed: the upstream should be cheap.
+    uvicorn.Server(uvicorn_config).run()
+
+
+if __name__ == "__main__":
+    main()
