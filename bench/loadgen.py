@@ -101,14 +101,14 @@ class _StreamProtocol(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def stream_once(target: Target, timeout: float) -> StreamResult:
+async def stream_once(target: Target, limit_s: float) -> StreamResult:
     """One request; the result holds timings even when it failed."""
     loop = asyncio.get_running_loop()
     result = StreamResult(started=time.perf_counter())
     done: asyncio.Future[None] = loop.create_future()
     transport = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_s):
             transport, _ = await loop.create_connection(
                 lambda: _StreamProtocol(target, result, done), target.host, target.port
             )
@@ -125,11 +125,11 @@ async def stream_once(target: Target, timeout: float) -> StreamResult:
     return result
 
 
-async def many(target: Target, count: int, spread_s: float, timeout: float) -> list[StreamResult]:
+async def many(target: Target, count: int, spread_s: float, limit_s: float) -> list[StreamResult]:
     """`count` concurrent streams, their starts spread evenly over `spread_s` (a realistic ramp)."""
 
     async def one(i: int) -> StreamResult:
         await asyncio.sleep(spread_s * i / max(1, count))
-        return await stream_once(target, timeout)
+        return await stream_once(target, limit_s)
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))

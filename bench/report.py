@@ -56,7 +56,7 @@ def markdown(data: dict[str, Any]) -> str:
             p, n = get(by["product"]), get(naive)
             ratio = "—"
             if p is not None and n is not None and p > 0 and n > 0:
-                ratio = f"{n / p:.1f}× better" if lower else f"{p / n:.1f}× more"
+                ratio = f"{n / p:.1f}x better" if lower else f"{p / n:.1f}x more"
             verdict = "—"
             if check is not None and p is not None:
                 verdict = "met" if check(p) else f"missed by {_fmt(abs(p - _limit(target)), digits)}"
@@ -65,13 +65,13 @@ def markdown(data: dict[str, Any]) -> str:
     row = ["concurrent 50 tok/s streams, one core, p99 gap ≤ 100 ms", "≥ 250", *(_streams(c) for c in cs)]
     if "product" in by and naive:
         p, n = by["product"]["max_streams"], naive["max_streams"]
-        row.append(f"{p / n:.1f}× more" if p and n else "—")
+        row.append(f"{p / n:.1f}x more" if p and n else "—")
         row.append("met" if p and p >= 250 else f"missed by {250 - (p or 0)}")
     lines.append("| " + " | ".join(row) + " |")
     notes = [
         "",
-        f"Run {data['date']}, {data['duration_s']} s; {data['machine']['cpu']} ({data['machine']['cores']} cores), "
-        f"Python {data['machine']['python']}; {data['layout']}.",
+        f"Run {data['date']}, {data['duration_s']} s; {data['machine']['cpu']} "
+        f"({data['machine']['cores']} cores), Python {data['machine']['python']}; {data['layout']}.",
         f"Upstream's own TTFT (simulator, zero delay): p50 {_fmt(data['upstream_ttft_ms_p50'], 2)} ms, "
         f"p99 {_fmt(data['upstream_ttft_ms_p99'], 2)} ms.",
     ]
@@ -119,16 +119,22 @@ def svg(data: dict[str, Any], limit_ms: float = 100.0) -> str:
     def py(y: float) -> float:
         return height - bottom - (height - bottom - top) * min(y, ymax) / ymax
 
+    mid = (top + height - bottom) / 2
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="18" font-size="14">p99 inter-delta gap vs concurrent 50 tok/s streams (one core)</text>',
+        f'<text x="{left}" y="18" font-size="14">'
+        "p99 inter-delta gap vs concurrent 50 tok/s streams (one core)</text>",
         f'<line x1="{left}" y1="{py(0)}" x2="{width - right}" y2="{py(0)}" stroke="black"/>',
         f'<line x1="{left}" y1="{py(0)}" x2="{left}" y2="{py(ymax)}" stroke="black"/>',
-        f'<line x1="{left}" y1="{py(limit_ms)}" x2="{width - right}" y2="{py(limit_ms)}" stroke="#2ca02c" stroke-dasharray="6 4"/>',
+        f'<line x1="{left}" y1="{py(limit_ms)}" x2="{width - right}" y2="{py(limit_ms)}" '
+        'stroke="#2ca02c" stroke-dasharray="6 4"/>',
         f'<text x="{width - right + 4}" y="{py(limit_ms) + 4}" fill="#2ca02c">{limit_ms:g} ms limit</text>',
-        f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">concurrent streams</text>',
-        f'<text x="16" y="{(top + height - bottom) / 2}" transform="rotate(-90 16 {(top + height - bottom) / 2})" text-anchor="middle">p99 gap (ms, clipped at {ymax:.0f})</text>',
+        f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">'
+        "concurrent streams</text>",
+        f'<text x="16" y="{mid}" transform="rotate(-90 16 {mid})" text-anchor="middle">'
+        f"p99 gap (ms, clipped at {ymax:.0f})</text>",
     ]
     for i in range(6):
         yv = ymax * i / 5
@@ -141,9 +147,8 @@ def svg(data: dict[str, Any], limit_ms: float = 100.0) -> str:
             path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
             out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
             out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in pts]
-        out.append(
-            f'<rect x="{width - right + 10}" y="{top + 20 * row + 30}" width="12" height="12" fill="{color}"/>'
-        )
+        legend_y = top + 20 * row + 30
+        out.append(f'<rect x="{width - right + 10}" y="{legend_y}" width="12" height="12" fill="{color}"/>')
         out.append(f'<text x="{width - right + 28}" y="{top + 20 * row + 40}">{key}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -143,7 +143,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         if self.layout.load_cpus:
             os.sched_setaffinity(0, self.layout.load_cpus)
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
         self.out.mkdir(parents=True, exist_ok=True)
         self.upstream_port = free_port()
@@ -258,7 +258,8 @@ class Bench:
             r.levels.append(level)
             self.log(
                 f"   {n:4d} streams: ok {level.ok}, p99 gap {level.p99_gap_ms} ms, app cpu "
-                f"{level.app_cpu_util:.0%}, load core {level.load_core_util:.0%}, rss {level.peak_rss_mb:.0f} MB"
+                f"{level.app_cpu_util:.0%}, load core {level.load_core_util:.0%}, "
+                f"rss {level.peak_rss_mb:.0f} MB"
             )
             if n <= s.memory_level:
                 r.memory_level = n
@@ -341,9 +342,9 @@ async def _ttfts(target: Target, count: int) -> list[float]:
     return values
 
 
-async def _first_delta(target: Target, child: Child, timeout: float) -> float:
+async def _first_delta(target: Target, child: Child, limit_s: float) -> float:
     """Poll until the fresh process answers; returns the perf_counter time of its first delta."""
-    deadline = time.perf_counter() + timeout
+    deadline = time.perf_counter() + limit_s
     while time.perf_counter() < deadline:
         if child.process.poll() is not None:
             raise RuntimeError(f"exited early: {child.tail()}")

@@ -6,6 +6,7 @@ from langchain_core.messages import SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable
 
+from chains.lean import LeanSequence
 from chains.registry import ChainContext, ChainSpec
 
 
@@ -18,7 +19,7 @@ def build_chat_chain(context: ChainContext) -> Runnable:
             ("human", "{question}"),
         ]
     )
-    return prompt | context.model
+    return LeanSequence(prompt, context.model)
 
 
 CHAT = ChainSpec(

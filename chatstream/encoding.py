@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import orjson
 
 from chatstream.events import Event
 
@@ -14,7 +15,8 @@ SSE_HEARTBEAT = b": ping\n\n"
 
 
 def _dumps(event: Event) -> bytes:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON (orjson: several times faster than json.dumps, same bytes for our events)."""
+    return orjson.dumps(event)
 
 
 @dataclass(frozen=True)

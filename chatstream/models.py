@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
+import openai
 from langchain_core.language_models import BaseChatModel
-from langchain_openai import AzureChatOpenAI, ChatOpenAI
 
+from chatstream.lean_model import LeanAzureChatOpenAI, LeanChatOpenAI
 from chatstream.settings import Settings
 
 log = logging.getLogger("chatstream.models")
@@ -42,22 +43,36 @@ def _check_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _azure(settings: Settings, endpoint: str, api_key: str | None) -> AzureChatOpenAI:
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    """What every model gets: aiohttp under the SDK, and no per-chunk timeout wrapper.
+
+    Stalls are still bounded: the HTTP read timeout (CHAT_UPSTREAM_TIMEOUT_SECONDS) applies between
+    any two reads of the stream. See docs/benchmarks.md for why these two choices.
+    """
+    return {
+        "http_async_client": openai.DefaultAioHttpClient(),
+        "stream_chunk_timeout": None,
+        "max_retries": settings.upstream_max_retries,
+        "timeout": settings.request_timeout_seconds,
+        "stream_usage": True,
+        "coalesce_deltas": settings.coalesce_deltas,
+    }
+
+
+def _azure(settings: Settings, endpoint: str, api_key: str | None) -> LeanAzureChatOpenAI:
     common = {
         "azure_endpoint": endpoint,
         "azure_deployment": settings.azure_openai_deployment,
         "api_version": settings.azure_openai_api_version,
-        "stream_usage": True,
-        "max_retries": settings.upstream_max_retries,
-        "timeout": settings.request_timeout_seconds,
+        **_transport_options(settings),
     }
     if api_key:
-        return AzureChatOpenAI(api_key=api_key, **common)
+        return LeanAzureChatOpenAI(api_key=api_key, **common)
     # Keyless: the async credential keeps token refreshes off the event loop's critical path.
     from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
 
     credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
-    return AzureChatOpenAI(
+    return LeanAzureChatOpenAI(
         azure_ad_async_token_provider=get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE),
         **common,
     )
@@ -75,13 +90,11 @@ def build_model(settings: Settings, simulator_url: str | None = None) -> ModelTa
         endpoint = _check_url("OPENAI_BASE_URL", settings.openai_base_url)
         if not settings.openai_model:
             raise ConfigurationError("OPENAI_BASE_URL is set but OPENAI_MODEL is not")
-        model = ChatOpenAI(
+        model = LeanChatOpenAI(
             base_url=endpoint,
             api_key=settings.openai_api_key or "not-needed",
             model=settings.openai_model,
-            stream_usage=True,
-            max_retries=settings.upstream_max_retries,
-            timeout=settings.request_timeout_seconds,
+            **_transport_options(settings),
         )
         return ModelTarget("openai", settings.openai_model, model, endpoint)
     if simulator_url is None:

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(2, ge=0, le=10, alias="CHAT_UPSTREAM_MAX_RETRIES")
     first_event_wait_seconds: float = Field(5.0, ge=0, alias="CHAT_FIRST_EVENT_WAIT_SECONDS")
     heartbeat_seconds: float = Field(15.0, ge=0, alias="CHAT_HEARTBEAT_SECONDS")
+    #: Forward tokens that arrived together in one network read as one delta (never waits for more).
+    coalesce_deltas: bool = Field(True, alias="CHAT_COALESCE_DELTAS")
     deadline_seconds: float = Field(220.0, gt=0, alias="CHAT_DEADLINE_SECONDS")
 
     # The embedded simulated deployment, used when no model endpoint is configured.

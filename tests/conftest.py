@@ -70,6 +70,8 @@ def _app(paced_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
         AZURE_OPENAI_ENDPOINT=paced_simulator.url,
         AZURE_OPENAI_API_KEY="test-key",
         AZURE_OPENAI_DEPLOYMENT="gpt-4o-mini",
+        # One delta per upstream token, so tests can count them (coalescing has its own tests).
+        CHAT_COALESCE_DELTAS="false",
     )
     yield server
     server.stop()

@@ -73,6 +73,7 @@ OPTIONAL_IN_AZURE = {
     "CHAT_MAX_TOKENS_LIMIT": "request limit with a safe code default; override with extraAppSettings",
     "CHAT_DEFAULT_MAX_TOKENS": "unset means the model's own default",
     "CHAT_UPSTREAM_TIMEOUT_SECONDS": "code default; override with extraAppSettings",
+    "CHAT_COALESCE_DELTAS": "code default (on); override with extraAppSettings",
     "CHAT_UPSTREAM_MAX_RETRIES": "code default; override with extraAppSettings",
     "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s); override with extraAppSettings",
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",

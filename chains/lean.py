@@ -1,0 +1,44 @@
+"""`LeanSequence`: a `RunnableSequence` whose `astream` skips the sequence's own per-chunk work when
+nobody listens.
+
+`RunnableSequence.astream` wraps every chunk of its last step in a new task (to carry the context) and
+adds it to a running total (`final_output + chunk`, a new merged message per token, for `on_chain_end`).
+With no callback handler configured, nothing reads that total. A sequence of prompts followed by one
+streaming step then streams exactly the same chunks by invoking the prompts and streaming the last
+step directly. Anything else (callbacks, tracing, other shapes, extra kwargs) takes LangChain's path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManager
+from langchain_core.prompts import BasePromptTemplate
+from langchain_core.runnables import RunnableConfig, RunnableSequence, ensure_config
+
+
+def nobody_listens(config: RunnableConfig) -> bool:
+    """No callback handler (tracer, `astream_events`, user callbacks) would see this run."""
+    manager = AsyncCallbackManager.configure(config.get("callbacks"), None, False, config.get("tags"))
+    return not manager.handlers
+
+
+class LeanSequence(RunnableSequence):
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any | None
+    ) -> AsyncIterator[Any]:
+        config = ensure_config(config)
+        *head, last = self.steps
+        prompts_first = all(isinstance(step, BasePromptTemplate) for step in head)
+        if kwargs or not prompts_first or not nobody_listens(config):
+            async for chunk in super().astream(input, config, **kwargs):
+                yield chunk
+            return
+        # The sequence's own run name and id are not the children's (as in RunnableSequence).
+        child: RunnableConfig = {k: v for k, v in config.items() if k not in ("run_name", "run_id")}  # type: ignore
+        value = input
+        for step in head:
+            value = await step.ainvoke(value, child)
+        async for chunk in last.astream(value, child):
+            yield chunk
