@@ -20,7 +20,10 @@ class Contender:
     path: str
     body: Callable[[str], bytes]
     marker: bytes
+    end_marker: bytes = b"[DONE]"
+    error_marker: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def _json(value: object) -> bytes:
@@ -46,6 +49,19 @@ PRODUCT = Contender(
     path="/api/chat",
     body=lambda q: _json({"messages": [{"role": "user", "content": q}]}),
     marker=b'"type":"delta"',
+    error_marker=b'"type":"error"',
+)
+
+#: The product forwarding one delta per upstream token: what CPU per token costs without coalescing.
+PRODUCT_UNCOALESCED = Contender(
+    key="product-1to1",
+    label="product, CHAT_COALESCE_DELTAS=false",
+    argv=PRODUCT.argv,
+    path=PRODUCT.path,
+    body=PRODUCT.body,
+    marker=PRODUCT.marker,
+    error_marker=PRODUCT.error_marker,
+    env=(("CHAT_COALESCE_DELTAS", "false"),),
 )
 
 NAIVE = Contender(
@@ -64,6 +80,8 @@ LANGSERVE = Contender(
     path="/chat/stream",
     body=lambda q: _json({"input": {"question": q}}),
     marker=b"event: data",
+    end_marker=b"event: end",
+    error_marker=b"event: error",
 )
 
 RAW = Contender(
@@ -81,7 +99,7 @@ RAW = Contender(
     marker=b'"delta":{"content":"',
 )
 
-ALL = {c.key: c for c in (PRODUCT, NAIVE, LANGSERVE, RAW)}
+ALL = {c.key: c for c in (PRODUCT, PRODUCT_UNCOALESCED, NAIVE, LANGSERVE, RAW)}
 
 
 def upstream_target_body(question: str) -> bytes:

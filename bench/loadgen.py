@@ -20,6 +20,9 @@ class Target:
     body: bytes
     #: Bytes that occur once in every forwarded content delta and nowhere else.
     marker: bytes
+    #: Bytes that only a complete answer ends with, and that only a failed one contains.
+    end_marker: bytes = b"[DONE]"
+    error_marker: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
     def request(self) -> bytes:
@@ -41,12 +44,13 @@ class StreamResult:
     deltas: int = 0
     gaps: list[float] = field(default_factory=list)
     ended: float | None = None
+    complete: bool = False
     error: str | None = None
     head: bytes = b""
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.status == 200 and self.deltas > 0
+        return self.error is None and self.status == 200 and self.deltas > 0 and self.complete
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -55,7 +59,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.result = result
         self.done = done
         self.marker = target.marker
-        self.keep = len(target.marker) - 1
+        self.keep = max(len(target.marker), len(target.end_marker), len(target.error_marker or b"")) - 1
         self.tail = b""
         self.in_body = False
         self.buffer = b""
@@ -83,7 +87,11 @@ class _StreamProtocol(asyncio.Protocol):
             if not data:
                 return
         window = self.tail + data
-        found = window.count(self.marker)
+        found = window.count(self.marker) - self.tail.count(self.marker)
+        if self.target.end_marker in window:
+            result.complete = True
+        if self.target.error_marker is not None and self.target.error_marker in window:
+            result.error = "error event in the stream"
         self.tail = window[-self.keep :] if self.keep else b""
         if found:
             if result.first_delta is None:
@@ -122,6 +130,8 @@ async def stream_once(target: Target, limit_s: float) -> StreamResult:
             transport.close()
     if result.error is None and result.status != 200:
         result.error = f"HTTP {result.status}"
+    if result.error is None and not result.complete:
+        result.error = "incomplete answer"
     return result
 
 

@@ -7,7 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COLORS = {"product": "#1f77b4", "naive": "#d62728", "langserve": "#ff7f0e", "raw": "#7f7f7f"}
+COLORS = {
+    "product": "#1f77b4",
+    "product-1to1": "#17becf",
+    "naive": "#d62728",
+    "langserve": "#ff7f0e",
+    "raw": "#7f7f7f",
+}
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:

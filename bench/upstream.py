@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.upstream")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--long-tokens", type=int, default=20_000)
-    parser.add_argument("--paced-tokens", type=int, default=200)
+    parser.add_argument("--paced-tokens", type=int, default=300)
     parser.add_argument("--paced-delay-ms", type=float, default=20.0)
     args = parser.parse_args()
     config = SimulatorConfig(ttft_ms=0, token_delay_ms=0, history_size=50)

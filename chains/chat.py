@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from langchain_core.messages import SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable
@@ -10,16 +12,22 @@ from chains.lean import LeanSequence
 from chains.registry import ChainContext, ChainSpec
 
 
-def build_chat_chain(context: ChainContext) -> Runnable:
+@lru_cache(maxsize=8)
+def _prompt(system_prompt: str) -> ChatPromptTemplate:
+    """Built once per system prompt: prompts are immutable, and a new one per request costs its
+    construction plus its serialization for callbacks (LangChain computes it on every first use)."""
     # The system prompt is a message object, not a template string, so braces in it stay literal.
-    prompt = ChatPromptTemplate.from_messages(
+    return ChatPromptTemplate.from_messages(
         [
-            SystemMessage(content=context.system_prompt),
+            SystemMessage(content=system_prompt),
             MessagesPlaceholder("history"),
             ("human", "{question}"),
         ]
     )
-    return LeanSequence(prompt, context.model)
+
+
+def build_chat_chain(context: ChainContext) -> Runnable:
+    return LeanSequence(_prompt(context.system_prompt), context.model)
 
 
 CHAT = ChainSpec(

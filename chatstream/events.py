@@ -32,6 +32,12 @@ class DeltaEvent(TypedDict):
     delta_content: str
 
 
+class RefusalEvent(TypedDict):
+    type: Literal["refusal"]
+    deployment: str
+    refusal: str
+
+
 class ErrorEvent(TypedDict):
     type: Literal["error"]
     deployment: str
@@ -65,6 +71,10 @@ def start(request_id: str, chain: str, deployment: str) -> Event:
 
 def delta(deployment: str, content: str) -> Event:
     return {"type": "delta", "deployment": deployment, "delta_content": content}
+
+
+def refusal(deployment: str, text: str) -> Event:
+    return {"type": "refusal", "deployment": deployment, "refusal": text}
 
 
 def error(deployment: str, exc: ChatError) -> Event:

@@ -129,13 +129,29 @@ def _plain_generation(
                 info[target] = value
         if service_tier := chunk.get("service_tier"):
             info["service_tier"] = service_tier
+    # Every field given: `model_construct` would otherwise evaluate each default factory, which costs
+    # an `inspect.signature` call per field in pydantic 2.x (far more than validation itself).
     message = AIMessageChunk.model_construct(
+        {"content", "response_metadata"},
         content=content,
         additional_kwargs={},
         response_metadata={"model_provider": "openai"},
+        type="AIMessageChunk",
+        name=None,
         id=delta.get("id"),
+        tool_calls=[],
+        invalid_tool_calls=[],
+        usage_metadata=None,
+        tool_call_chunks=[],
+        chunk_position=None,
     )
-    return ChatGenerationChunk.model_construct(message=message, generation_info=info or None, text=content)
+    return ChatGenerationChunk.model_construct(
+        {"message", "text"},
+        text=content,
+        generation_info=info or None,
+        type="ChatGenerationChunk",
+        message=message,
+    )
 
 
 class LeanAzureChatOpenAI(LeanStreamingMixin, AzureChatOpenAI):

@@ -98,6 +98,9 @@ class ChainRun:
                         self.model = metadata.get("model_name", self.model)
                     if chunk.usage_metadata:
                         self.usage = _usage(chunk.usage_metadata)
+                    refused = chunk.additional_kwargs.get("refusal") if chunk.additional_kwargs else None
+                    if refused:
+                        yield events.refusal(deployment, refused)
                 elif isinstance(chunk, str):
                     text = chunk
                 else:

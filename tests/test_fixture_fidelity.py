@@ -117,3 +117,19 @@ def test_recorded_azure_errors_become_safe_json_errors(
     assert upstream_message[:40] not in response.text
     assert "http" not in error["message"]
     assert replay.url not in response.text  # type: ignore[attr-defined]
+
+
+def test_refusal_text_is_forwarded_as_refusal_events(replay, replay_app):
+    transcript = SHARED_FIXTURES / "openai_gpt-4o_refusal_usage-chunk_openai-python.sse"
+    want = []
+    for event in transcript.read_text().split("\n\n"):
+        data = event.strip().removeprefix("data: ")
+        if data and data != "[DONE]":
+            for choice in json.loads(data).get("choices") or []:
+                want.append((choice.get("delta") or {}).get("refusal") or "")
+    replay.load(transcript.read_bytes())
+    events = stream(replay_app)
+    refused = "".join(e["refusal"] for e in events if e["type"] == "refusal")
+    assert refused == "".join(want) and refused.startswith("I'm sorry")
+    assert not [e for e in events if e["type"] == "delta"]
+    assert events[-1]["type"] == "end" and events[-1]["finish_reason"] == "stop"
