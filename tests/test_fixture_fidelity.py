@@ -85,8 +85,11 @@ MIXES_CHOICES = {"openai_gpt-4o_n3-multiple-choices_usage-chunk_openai-python"}
 @pytest.mark.parametrize("transcript", TRANSCRIPTS, ids=_ids(TRANSCRIPTS))
 def test_recorded_stream_is_forwarded_faithfully(replay, replay_app, transcript: Path, request):
     if transcript.stem in MIXES_CHOICES:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="LangChain reads choices[0] of every chunk whatever its index (n>1)"))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="LangChain reads choices[0] of every chunk whatever its index (n>1)"
+            )
+        )
     replay.load(transcript.read_bytes())
     events = stream(replay_app)
     want = expected(transcript)
@@ -108,7 +111,9 @@ ERRORS = [
 
 
 @pytest.mark.parametrize(("name", "upstream_status", "status", "code"), ERRORS, ids=[e[3] for e in ERRORS])
-def test_recorded_azure_errors_become_safe_json_errors(replay, replay_app, name, upstream_status, status, code):
+def test_recorded_azure_errors_become_safe_json_errors(
+    replay, replay_app, name, upstream_status, status, code
+):
     body = (SHARED_FIXTURES / name).read_bytes()
     replay.load(body, status=upstream_status, content_type="application/json")
     response = httpx.post(f"{replay_app.url}/api/chat", json={"user": "replay"}, timeout=30)
