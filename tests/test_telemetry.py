@@ -68,6 +68,8 @@ def test_each_chat_request_is_exported_as_one_span_with_stream_metrics(paced_sim
         OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otel",
         OTEL_BSP_SCHEDULE_DELAY="200",
         OTEL_BLRP_SCHEDULE_DELAY="200",
+        # The distro samples by rate by default, which may drop the first traces of a new process.
+        OTEL_TRACES_SAMPLER="always_on",
     )
     try:
         response = httpx.post(f"{app.url}/api/chat", json={"user": "trace me", "max_tokens": 9}, timeout=30)
