@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from chains import ChainContext, ChainRegistry, ChainSpec, default_registry
-from chatstream import errors
+from chatstream import errors, telemetry
 from chatstream.fanout import MultiRun
 from chatstream.models import ConfigurationError, ModelTarget, build_model
 from chatstream.runner import ChainRun
@@ -131,7 +131,18 @@ class ChatService:
         chain = spec.build(context)
         conversation = request.conversation
         inputs = {"history": _history(conversation[:-1]), "question": conversation[-1].content}
+        span = telemetry.start_span(
+            f"chat {chain_name}",
+            {
+                "chat.request_id": request_id,
+                "chat.chain": chain_name,
+                "chat.deployment": target.deployment,
+                "gen_ai.operation.name": "chat",
+                "chat.stream": request.stream,
+            },
+        )
         return ChainRun(
+            span=span,
             chain=chain,
             inputs=inputs,
             request_id=request_id,
