@@ -69,3 +69,23 @@ def test_recorded_tool_calls_are_reassembled_exactly(replay_app, transcript):
     kinds = [e["type"] for e in events]
     assert kinds.index("tool_call") > max(i for i, k in enumerate(kinds) if k == "tool_call_delta")
     assert events[-1]["type"] == "end" and events[-1]["finish_reason"] == "tool_calls"
+
+
+def test_a_model_that_keeps_calling_tools_is_stopped_after_the_round_limit(replay_app):
+    """The recording asks for a tool the app does not have, every time: each round reports a
+    `tool_error`, and after CHAT_TOOL_MAX_ROUNDS (4) model calls the run ends with an error."""
+    replay, url = replay_app
+    transcript = next(p for p in TRANSCRIPTS if "azure" in p.name)
+    replay.load(transcript.read_bytes())
+    replay.requests.clear()
+    _, events, _, done = sse_events(url, {"user": "weather?", "chain": "tools"})
+    assert done
+    kinds = [e["type"] for e in events]
+    assert kinds.count("tool_call") == kinds.count("tool_error") == 4
+    assert all(e["message"].startswith("unknown tool") for e in events if e["type"] == "tool_error")
+    assert kinds[-2:] == ["error", "end"]
+    assert events[-2]["code"] == "tool_rounds_exceeded"
+    assert events[-1]["finish_reason"] == "error"
+    assert len(replay.requests) == 4
+    assert replay.requests[-1]["messages"][-1]["role"] == "tool"
+    assert replay.requests[-1]["messages"][-1]["content"].startswith("Error: there is no tool")
