@@ -21,6 +21,8 @@ $(STAMP): requirements.txt requirements-dev.txt | check-python
 venv: $(STAMP)
 
 run: $(STAMP)
+	@test -f local.settings.json || { cp local.settings.json.example local.settings.json; \
+	  echo "Created local.settings.json from local.settings.json.example (simulated deployment)."; }
 	$(PY) -m funchost
 
 test: $(STAMP)

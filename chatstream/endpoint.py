@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from chatstream import encoding, errors
 from chatstream.errors import ChatError
 from chatstream.events import Event
+from chatstream.fanout import MultiRun
 from chatstream.response import EventStreamResponse
 from chatstream.runner import ChainRun, collect
 from chatstream.schema import ChatRequest
@@ -80,6 +81,7 @@ class ChatEndpoint:
             chat_request = parse_request(body, self.service)
             run = self.service.run(chat_request, request_id)
             if not chat_request.stream:
+                assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
                 answer = await collect(run)
                 return JSONResponse(answer, headers={"X-Request-Id": request_id, "Cache-Control": "no-store"})
             return await self._stream(request, run)
@@ -89,7 +91,7 @@ class ChatEndpoint:
             log.exception("chat request %s failed", request_id)
             return error_response(errors.internal_error(), request_id)
 
-    async def _stream(self, request: Request, run: ChainRun) -> Response:
+    async def _stream(self, request: Request, run: ChainRun | MultiRun) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
         settings = self.service.settings

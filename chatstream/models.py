@@ -7,7 +7,9 @@ answered with a JSON 503 instead of the app failing to load.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -43,13 +45,23 @@ def _check_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+@lru_cache(maxsize=4)
+def _token_provider(client_id: str | None) -> Callable[[], Awaitable[str]]:
+    """One credential per identity, shared by every deployment's model (one token cache)."""
+    from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+    credential = DefaultAzureCredential(managed_identity_client_id=client_id)
+    return get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
+
+
 def _transport_options(settings: Settings) -> dict[str, Any]:
     """What every model gets: aiohttp under the SDK, and no per-chunk timeout wrapper.
 
     Stalls are still bounded: the HTTP read timeout (CHAT_UPSTREAM_TIMEOUT_SECONDS) applies between
-    any two reads of the stream. See docs/benchmarks.md for why these two choices.
+    any two reads of the stream. See docs/benchmarks.md for why these choices.
     """
     return {
+        # Its aiohttp session is created on first use, in the loop that serves requests.
         "http_async_client": openai.DefaultAioHttpClient(),
         "stream_chunk_timeout": None,
         "max_retries": settings.upstream_max_retries,
@@ -59,33 +71,33 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _azure(settings: Settings, endpoint: str, api_key: str | None) -> LeanAzureChatOpenAI:
+def _azure(settings: Settings, endpoint: str, api_key: str | None, deployment: str) -> LeanAzureChatOpenAI:
     common = {
         "azure_endpoint": endpoint,
-        "azure_deployment": settings.azure_openai_deployment,
+        "azure_deployment": deployment,
         "api_version": settings.azure_openai_api_version,
         **_transport_options(settings),
     }
     if api_key:
         return LeanAzureChatOpenAI(api_key=api_key, **common)
     # Keyless: the async credential keeps token refreshes off the event loop's critical path.
-    from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
-
-    credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
     return LeanAzureChatOpenAI(
-        azure_ad_async_token_provider=get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE),
-        **common,
+        azure_ad_async_token_provider=_token_provider(settings.azure_client_id), **common
     )
 
 
-def build_model(settings: Settings, simulator_url: str | None = None) -> ModelTarget:
-    """`simulator_url` is where the simulated deployment listens when no real endpoint is set."""
+def build_model(
+    settings: Settings, simulator_url: str | None = None, deployment: str | None = None
+) -> ModelTarget:
+    """`simulator_url` is where the simulated deployment listens when no real endpoint is set;
+    `deployment` picks another deployment (or model) on the same endpoint with the same credentials."""
     if settings.azure_openai_endpoint:
         endpoint = _check_url("AZURE_OPENAI_ENDPOINT", settings.azure_openai_endpoint)
-        if not settings.azure_openai_deployment:
+        name = deployment or settings.azure_openai_deployment
+        if not name:
             raise ConfigurationError("AZURE_OPENAI_DEPLOYMENT is empty")
-        model = _azure(settings, endpoint, settings.azure_openai_api_key)
-        return ModelTarget("azure", settings.azure_openai_deployment, model, endpoint)
+        model = _azure(settings, endpoint, settings.azure_openai_api_key, name)
+        return ModelTarget("azure", name, model, endpoint)
     if settings.openai_base_url:
         endpoint = _check_url("OPENAI_BASE_URL", settings.openai_base_url)
         if not settings.openai_model:
@@ -93,11 +105,12 @@ def build_model(settings: Settings, simulator_url: str | None = None) -> ModelTa
         model = LeanChatOpenAI(
             base_url=endpoint,
             api_key=settings.openai_api_key or "not-needed",
-            model=settings.openai_model,
+            model=deployment or settings.openai_model,
             **_transport_options(settings),
         )
-        return ModelTarget("openai", settings.openai_model, model, endpoint)
+        return ModelTarget("openai", deployment or settings.openai_model, model, endpoint)
     if simulator_url is None:
         raise ConfigurationError("no model endpoint is configured and the simulator is not running")
-    model = _azure(settings, simulator_url, "simulated-key")
-    return ModelTarget("simulator", settings.azure_openai_deployment, model, simulator_url)
+    name = deployment or settings.azure_openai_deployment
+    model = _azure(settings, simulator_url, "simulated-key", name)
+    return ModelTarget("simulator", name, model, simulator_url)

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     #: Forward tokens that arrived together in one network read as one delta (never waits for more).
     coalesce_deltas: bool = Field(True, alias="CHAT_COALESCE_DELTAS")
     deadline_seconds: float = Field(220.0, gt=0, alias="CHAT_DEADLINE_SECONDS")
+    #: Deployments a request may name in `deployments` (comma-separated); the configured one always is.
+    deployments: str = Field("", alias="CHAT_DEPLOYMENTS")
+    max_request_deployments: int = Field(4, ge=1, le=16, alias="CHAT_MAX_REQUEST_DEPLOYMENTS")
+    tool_max_rounds: int = Field(4, ge=1, le=16, alias="CHAT_TOOL_MAX_ROUNDS")
+    rag_top_k: int = Field(4, ge=1, le=20, alias="CHAT_RAG_TOP_K")
 
     # The embedded simulated deployment, used when no model endpoint is configured.
     simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
@@ -70,6 +75,18 @@ class Settings(BaseSettings):
     def _blank_number_is_unset(cls, value: object) -> object:
         """An empty CHAT_DEFAULT_MAX_TOKENS (as in local.settings.json.example) means 'not set'."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def default_deployment(self) -> str:
+        """The deployment (or, on an OpenAI-compatible server, the model) requests use by default."""
+        if not self.azure_openai_endpoint and self.openai_base_url:
+            return self.openai_model or ""
+        return self.azure_openai_deployment
+
+    @property
+    def allowed_deployments(self) -> list[str]:
+        names = [self.default_deployment, *(n.strip() for n in self.deployments.split(","))]
+        return list(dict.fromkeys(n for n in names if n))
 
     @property
     def provider(self) -> Literal["azure", "openai", "simulator"]:

@@ -64,12 +64,23 @@ def paced_simulator() -> Iterator[SimulatorHandle]:
     handle.stop()
 
 
+#: Deployments the shared app allows besides gpt-4o-mini (the simulator fails `fault-<spec>` ones).
+EXTRA_DEPLOYMENTS = (
+    "gpt-4o",
+    "fault-drop-after=3",
+    "fault-400",
+    "fault-stall-after=4",
+    "fault-stall-after=6",
+)
+
+
 @pytest.fixture(scope="session")
 def _app(paced_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
     server = start_app(
         AZURE_OPENAI_ENDPOINT=paced_simulator.url,
         AZURE_OPENAI_API_KEY="test-key",
         AZURE_OPENAI_DEPLOYMENT="gpt-4o-mini",
+        CHAT_DEPLOYMENTS=",".join(EXTRA_DEPLOYMENTS),
         # One delta per upstream token, so tests can count them (coalescing has its own tests).
         CHAT_COALESCE_DELTAS="false",
     )

@@ -76,6 +76,10 @@ OPTIONAL_IN_AZURE = {
     "CHAT_COALESCE_DELTAS": "code default (on); override with extraAppSettings",
     "CHAT_UPSTREAM_MAX_RETRIES": "code default; override with extraAppSettings",
     "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s); override with extraAppSettings",
+    "CHAT_DEPLOYMENTS": "defaults to the one deployment Bicep creates; list more with extraAppSettings",
+    "CHAT_MAX_REQUEST_DEPLOYMENTS": "request limit with a safe code default; override with extraAppSettings",
+    "CHAT_TOOL_MAX_ROUNDS": "code default (4); override with extraAppSettings",
+    "CHAT_RAG_TOP_K": "code default (4); override with extraAppSettings",
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_TOKEN_DELAY_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_PORT": "simulator only; Azure uses the real deployment",
@@ -89,7 +93,6 @@ ANNOUNCED_SETTINGS = {
     "CHAT_HEARTBEAT_SECONDS",
     "CHAT_DEADLINE_SECONDS",
     "CHAT_LOG_CONTENT",
-    "CHAT_DEPLOYMENTS",
 }
 
 #: Must never be app settings on Flex Consumption (runtime comes from functionAppConfig).
