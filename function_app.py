@@ -12,6 +12,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 
 from chatstream import telemetry
 from chatstream.endpoint import ChatEndpoint
+from chatstream.heap import freeze_startup_objects
 from chatstream.service import ChatService
 from chatstream.settings import get_settings
 
@@ -21,6 +22,8 @@ telemetry.configure(settings.azure_client_id)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 chat_endpoint = ChatEndpoint(ChatService.from_settings(settings))
+# Last: everything imported and built so far lives as long as the process (see chatstream/heap.py).
+freeze_startup_objects()
 
 
 @app.route(route="chat", methods=[func.HttpMethod.POST])

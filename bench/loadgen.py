@@ -43,6 +43,8 @@ class StreamResult:
     last_delta: float | None = None
     deltas: int = 0
     gaps: list[float] = field(default_factory=list)
+    #: When the gaps over 100 ms ended (perf_counter), to tell a stall from steady slowness.
+    long_gaps_at: list[float] = field(default_factory=list)
     ended: float | None = None
     complete: bool = False
     error: str | None = None
@@ -97,7 +99,10 @@ class _StreamProtocol(asyncio.Protocol):
             if result.first_delta is None:
                 result.first_delta = now
             elif result.last_delta is not None:
-                result.gaps.append(now - result.last_delta)
+                gap = now - result.last_delta
+                result.gaps.append(gap)
+                if gap > 0.1:
+                    result.long_gaps_at.append(now)
             result.last_delta = now
             result.deltas += found
 

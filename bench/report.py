@@ -84,7 +84,12 @@ def markdown(data: dict[str, Any]) -> str:
     for c in cs:
         if c["failures"]:
             notes.append(f"{c['key']} failures: {'; '.join(c['failures'])}")
-    notes += ["", "Concurrency levels (p99 inter-delta gap ms / app core busy / load core busy):", ""]
+    notes += [
+        "",
+        "Concurrency levels: p99 inter-delta gap ms / app core busy / load core busy / other processes' CPU"
+        " (a failed level with other processes busy above 0.1 core is measured again, up to 3 trials):",
+        "",
+    ]
     levels = sorted({lv["streams"] for c in cs for lv in c["levels"]})
     notes.append("| streams | " + " | ".join(c["key"] for c in cs) + " |")
     notes.append("|" + "---|" * (len(cs) + 1))
@@ -97,8 +102,10 @@ def markdown(data: dict[str, Any]) -> str:
                 continue
             mark = "" if lv["passed"] else " ✗"
             err = f", {lv['streams'] - lv['ok']} failed" if lv["ok"] < lv["streams"] else ""
+            retry = f" ({lv['trials']} trials)" if lv.get("trials", 1) > 1 else ""
             cells.append(
-                f"{_fmt(lv['p99_gap_ms'])} / {lv['app_cpu_util']:.0%} / {lv['load_core_util']:.0%}{err}{mark}"
+                f"{_fmt(lv['p99_gap_ms'])} / {lv['app_cpu_util']:.0%} / {lv['load_core_util']:.0%}"
+                f" / {lv.get('foreign_cpu', 0):.2f}{err}{retry}{mark}"
             )
         notes.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines + notes) + "\n"

@@ -18,7 +18,11 @@ from typing import Any
 
 from bench import contenders as cs
 from bench.loadgen import StreamResult, Target, many, stream_once
-from bench.procs import Child, cores, cpu_seconds, free_port, rss_bytes
+from bench.procs import Child, cores, cpu_seconds, free_port, machine_busy_seconds, rss_bytes
+
+#: Other processes' CPU (cores) during a failed level above which the level is measured again.
+FOREIGN_LIMIT = 0.1
+MAX_TRIALS = 3
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class Level:
     max_gap_ms: float | None
     app_cpu_util: float
     load_core_util: float
+    #: CPU (in cores) used meanwhile by processes that are not part of the benchmark.
+    foreign_cpu: float
+    trials: int
     peak_rss_mb: float
     passed: bool
 
@@ -258,6 +265,14 @@ class Bench:
         paced = self.target(c, port, "[bench:paced] Tell me a story.")
         for n in s.levels:
             level = await self._level(app, paced, n, idle)
+            trials = 1
+            while not level.passed and level.foreign_cpu > FOREIGN_LIMIT and trials < MAX_TRIALS:
+                # Other work on the machine took CPU meanwhile: measure again rather than report it.
+                self.log(f"   {n:4d} streams: retry, {level.foreign_cpu:.2f} cores used by other processes")
+                await asyncio.sleep(1.0)
+                level = await self._level(app, paced, n, idle)
+                trials += 1
+            level.trials = trials
             r.levels.append(level)
             self.log(
                 f"   {n:4d} streams: ok {level.ok}, p99 gap {level.p99_gap_ms} ms, app cpu "
@@ -285,6 +300,7 @@ class Bench:
                 await asyncio.sleep(0.1)
 
         assert self.upstream is not None
+        busy0 = machine_busy_seconds()
         wall0, app0, up0, me0 = (
             time.perf_counter(),
             cpu_seconds(app.pid),
@@ -298,6 +314,8 @@ class Bench:
         await sampler
         wall = time.perf_counter() - wall0
         app_cpu = (cpu_seconds(app.pid) - app0) / wall
+        ours = cpu_seconds(app.pid) - app0 + cpu_seconds(self.upstream.pid) - up0 + _self_cpu() - me0
+        foreign = max(0.0, (machine_busy_seconds() - busy0 - ours) / wall)
         load = (
             (cpu_seconds(self.upstream.pid) - up0 + _self_cpu() - me0)
             / wall
@@ -315,6 +333,8 @@ class Bench:
             max_gap_ms=_round(max(gaps) if gaps else None),
             app_cpu_util=app_cpu,
             load_core_util=load,
+            foreign_cpu=foreign,
+            trials=1,
             peak_rss_mb=peak / 2**20,
             passed=not errors and p99 is not None and p99 <= s.gap_limit_ms,
         )
