@@ -23,6 +23,8 @@ from bench.procs import Child, cores, cpu_seconds, free_port, machine_busy_secon
 #: Other processes' CPU (cores) during a failed level above which the level is measured again.
 FOREIGN_LIMIT = 0.1
 MAX_TRIALS = 3
+#: How long to wait, at most, for other processes to leave the machine quiet before a measurement.
+QUIET_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ class Bench:
         await stream_once(self.target(c, port, f"[bench:long:{max(100, s.long_tokens // 10)}] warm up"), 120)
 
         # a. CPU per forwarded delta, one long zero-delay stream.
+        await self._quiet(app)
         before = cpu_seconds(app.pid)
         long = await stream_once(self.target(c, port, "[bench:long] Tell me everything."), 600)
         after = cpu_seconds(app.pid)
@@ -250,6 +253,7 @@ class Bench:
         self.log(f"   cpu/delta {r.cpu_us_per_delta:.1f} us, {r.deltas_per_s:,.0f} deltas/s")
 
         # b. Time to first delta, minus the upstream's own.
+        await self._quiet(app)
         ttft = await _ttfts(self.target(c, port, "[bench:short] How are you?"), s.ttft_requests)
         r.ttft_ms_p50, r.ttft_ms_p99 = pct(ttft, 50), pct(ttft, 99)
         up50, up99 = pct(self.upstream_ttft, 50), pct(self.upstream_ttft, 99)
@@ -288,8 +292,24 @@ class Bench:
             await asyncio.sleep(0.5)
         r.max_streams_is_lower_bound = bool(r.levels) and r.levels[-1].passed
 
+    async def _quiet(self, app: Child) -> float:
+        """Wait (bounded) until other processes use under FOREIGN_LIMIT cores; returns what they used."""
+        assert self.upstream is not None
+        deadline = time.monotonic() + QUIET_WAIT_S
+        while True:
+            busy0, ours0 = machine_busy_seconds(), self._our_cpu(app)
+            await asyncio.sleep(0.5)
+            foreign = max(0.0, (machine_busy_seconds() - busy0 - (self._our_cpu(app) - ours0)) / 0.5)
+            if foreign < FOREIGN_LIMIT or time.monotonic() > deadline:
+                return foreign
+
+    def _our_cpu(self, app: Child) -> float:
+        assert self.upstream is not None
+        return cpu_seconds(app.pid) + cpu_seconds(self.upstream.pid) + _self_cpu()
+
     async def _level(self, app: Child, target: Target, n: int, idle: int) -> Level:
         s = self.sizes
+        await self._quiet(app)
         peak = idle
         done = asyncio.Event()
 
