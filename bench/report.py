@@ -81,6 +81,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"Upstream's own TTFT (simulator, zero delay): p50 {_fmt(data['upstream_ttft_ms_p50'], 2)} ms, "
         f"p99 {_fmt(data['upstream_ttft_ms_p99'], 2)} ms.",
     ]
+    notes.append(
+        "Memory per open stream: (peak RSS - idle RSS) / streams at the "
+        + ", ".join(f"{c['key']} {c['memory_level']}" for c in cs)
+        + "-stream level (the largest level run up to 100)."
+    )
     for c in cs:
         if c["failures"]:
             notes.append(f"{c['key']} failures: {'; '.join(c['failures'])}")

@@ -23,21 +23,21 @@ from bench.procs import Child, cores, cpu_seconds, free_port, machine_busy_secon
 #: Other processes' CPU (cores) during a failed level above which the level is measured again.
 FOREIGN_LIMIT = 0.1
 MAX_TRIALS = 3
-#: How long to wait, at most, for other processes to leave the machine quiet before a measurement.
-QUIET_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
 class Sizes:
     long_tokens: int = 20_000
     ttft_requests: int = 200
-    levels: tuple[int, ...] = (25, 50, 100, 150, 200, 250, 300, 400, 500)
+    levels: tuple[int, ...] = (25, 50, 100, 150, 200, 250, 300, 400, 500, 600, 800)
     paced_tokens: int = 300
     paced_delay_ms: float = 20.0
     spread_s: float = 2.0
     cold_trials: int = 3
     memory_level: int = 100
     gap_limit_ms: float = 100.0
+    #: How long to wait, at most, for other processes to leave the machine quiet before a measurement.
+    quiet_wait_s: float = 20.0
 
 
 SMOKE = Sizes(
@@ -48,6 +48,7 @@ SMOKE = Sizes(
     spread_s=0.1,
     cold_trials=1,
     memory_level=4,
+    quiet_wait_s=0.0,
 )
 
 
@@ -104,6 +105,7 @@ class ContenderResult:
     ttft_ms_p99: float | None = None
     ttft_overhead_ms_p50: float | None = None
     ttft_overhead_ms_p99: float | None = None
+    ttft_trials: int = 0
     idle_rss_mb: float | None = None
     levels: list[Level] = field(default_factory=list)
     max_streams: int | None = None
@@ -253,8 +255,19 @@ class Bench:
         self.log(f"   cpu/delta {r.cpu_us_per_delta:.1f} us, {r.deltas_per_s:,.0f} deltas/s")
 
         # b. Time to first delta, minus the upstream's own.
-        await self._quiet(app)
-        ttft = await _ttfts(self.target(c, port, "[bench:short] How are you?"), s.ttft_requests)
+        # Wall-clock timings: a run disturbed by other processes is measured again (at most 3 trials).
+        ttft: list[float] = []
+        for _ in range(MAX_TRIALS):
+            await self._quiet(app)
+            busy0, ours0, wall0 = machine_busy_seconds(), self._our_cpu(app), time.perf_counter()
+            ttft = await _ttfts(self.target(c, port, "[bench:short] How are you?"), s.ttft_requests)
+            foreign = (machine_busy_seconds() - busy0 - (self._our_cpu(app) - ours0)) / (
+                time.perf_counter() - wall0
+            )
+            r.ttft_trials += 1
+            if foreign < FOREIGN_LIMIT:
+                break
+            self.log(f"   ttft: retry, {foreign:.2f} cores used by other processes")
         r.ttft_ms_p50, r.ttft_ms_p99 = pct(ttft, 50), pct(ttft, 99)
         up50, up99 = pct(self.upstream_ttft, 50), pct(self.upstream_ttft, 99)
         if r.ttft_ms_p50 is not None and up50 is not None and r.ttft_ms_p99 is not None and up99 is not None:
@@ -295,7 +308,7 @@ class Bench:
     async def _quiet(self, app: Child) -> float:
         """Wait (bounded) until other processes use under FOREIGN_LIMIT cores; returns what they used."""
         assert self.upstream is not None
-        deadline = time.monotonic() + QUIET_WAIT_S
+        deadline = time.monotonic() + self.sizes.quiet_wait_s
         while True:
             busy0, ours0 = machine_busy_seconds(), self._our_cpu(app)
             await asyncio.sleep(0.5)
