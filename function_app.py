@@ -8,20 +8,40 @@ from __future__ import annotations
 import logging
 
 import azure.functions as func
-from azurefunctions.extensions.http.fastapi import Request, Response
+from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from chatstream import diagnostics
 from chatstream.endpoint import ChatEndpoint
+from chatstream.openapi import openapi_document
 from chatstream.service import ChatService
 from chatstream.settings import get_settings
 
 settings = get_settings()
 logging.getLogger("chatstream").setLevel(settings.log_level)
 
+# A key is required unless anonymous access is chosen explicitly (CHAT_ALLOW_ANONYMOUS=true).
+CHAT_AUTH = func.AuthLevel.ANONYMOUS if settings.allow_anonymous else func.AuthLevel.FUNCTION
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 chat_endpoint = ChatEndpoint(ChatService.from_settings(settings))
 
 
-@app.route(route="chat", methods=[func.HttpMethod.POST])
+@app.route(route="chat", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=CHAT_AUTH)
 async def chat(req: Request) -> Response:
-    """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object)."""
+    """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object).
+    OPTIONS answers the CORS preflight from the CHAT_CORS_ORIGINS allow-list."""
     return await chat_endpoint.handle(req)
+
+
+@app.route(route="openapi.json", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: Request) -> Response:
+    """The request and error schemas with this deployment's limits (no secrets, no settings)."""
+    return JSONResponse(openapi_document(settings))
+
+
+if settings.diagnostics:
+
+    @app.route(route="_diag", methods=[func.HttpMethod.GET])
+    async def diag(req: Request) -> Response:
+        """Task count, live runs and RSS, for soak tests; only with CHAT_DIAGNOSTICS=true."""
+        return JSONResponse(diagnostics.snapshot())

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -44,6 +45,8 @@ _WATCHED_WAIT_S = 0.05
 _AZURE_PREFIX = "/openai/deployments/"
 _COMPLETIONS_SUFFIX = "/chat/completions"
 _OPENAI_PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
+#: `[sim:SPEC]` in the last message (only with `prompt_faults`); SPEC has no brackets.
+_PROMPT_FAULT = re.compile(r"\[sim:([^\[\]]*)\]")
 
 
 class _HTTPError(Exception):
@@ -327,9 +330,13 @@ class SimulatorApp:
         ttft = _int_header(scope, "x-sim-ttft-ms")
         delay = _int_header(scope, "x-sim-token-delay-ms")
 
-        plan = self._fault_plan(scope, deployment, raw, record)
+        plan = self._fault_plan(scope, deployment, raw, record, messages)
         if plan.slow_first_token_ms is not None:
             ttft = plan.slow_first_token_ms
+        if plan.tokens is not None:
+            answer_len = min(plan.tokens, config.max_answer_tokens)
+        if plan.token_delay_ms is not None:
+            delay = plan.token_delay_ms
 
         estimate = record.prompt_tokens + (max_tokens if max_tokens is not None else answer_len)
         decision = self.limiter.check(deployment, estimate)
@@ -391,8 +398,22 @@ class SimulatorApp:
                 raise _HTTPError(400, errors.invalid_request(f"'{name}' must be a positive integer.", name))
         return body
 
-    def _fault_plan(self, scope: Scope, deployment: str, raw: bytes, record: RequestRecord) -> FaultPlan:
-        spec = _header(scope, b"x-sim-fault") or self.config.fault_for_deployment(deployment) or ""
+    def _prompt_fault(self, messages: list[Any]) -> str | None:
+        if not self.config.prompt_faults:
+            return None
+        content = messages[-1].get("content")
+        match = _PROMPT_FAULT.search(content) if isinstance(content, str) else None
+        return match.group(1) if match else None
+
+    def _fault_plan(
+        self, scope: Scope, deployment: str, raw: bytes, record: RequestRecord, messages: list[Any]
+    ) -> FaultPlan:
+        spec = (
+            _header(scope, b"x-sim-fault")
+            or self._prompt_fault(messages)
+            or self.config.fault_for_deployment(deployment)
+            or ""
+        )
         if not spec.strip():
             return FaultPlan()
         try:

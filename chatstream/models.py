@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlparse
 
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_openai import AzureChatOpenAI, ChatOpenAI
 
@@ -42,14 +43,24 @@ def _check_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def client_options(settings: Settings) -> dict[str, object]:
+    """The SDK never retries: `ChainRun` does, before the first chunk only and within the first-event
+    wait (the SDK would sleep on any Retry-After up to 60 s). The read timeout bounds every silence
+    from the model, which is how a stall after the first chunk ends without per-chunk work."""
+    base = settings.request_timeout_seconds
+    return {
+        "max_retries": 0,
+        "timeout": openai.Timeout(base, read=settings.upstream_read_timeout_seconds),
+    }
+
+
 def _azure(settings: Settings, endpoint: str, api_key: str | None) -> AzureChatOpenAI:
     common = {
         "azure_endpoint": endpoint,
         "azure_deployment": settings.azure_openai_deployment,
         "api_version": settings.azure_openai_api_version,
         "stream_usage": True,
-        "max_retries": settings.upstream_max_retries,
-        "timeout": settings.request_timeout_seconds,
+        **client_options(settings),
     }
     if api_key:
         return AzureChatOpenAI(api_key=api_key, **common)
@@ -80,8 +91,7 @@ def build_model(settings: Settings, simulator_url: str | None = None) -> ModelTa
             api_key=settings.openai_api_key or "not-needed",
             model=settings.openai_model,
             stream_usage=True,
-            max_retries=settings.upstream_max_retries,
-            timeout=settings.request_timeout_seconds,
+            **client_options(settings),  # type: ignore[arg-type]
         )
         return ModelTarget("openai", settings.openai_model, model, endpoint)
     if simulator_url is None:

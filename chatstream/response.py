@@ -25,6 +25,16 @@ log = logging.getLogger("chatstream.response")
 
 #: Closing tasks started while the response task itself was being cancelled (client gone).
 _closing: set[asyncio.Task[None]] = set()
+_active = 0
+
+
+def active_streams() -> int:
+    """Responses between their first byte and their last (for diagnostics)."""
+    return _active
+
+
+def closing_tasks() -> int:
+    return len(_closing)
 
 
 async def _no_body() -> AsyncIterator[bytes]:
@@ -78,6 +88,14 @@ class EventStreamResponse(StreamingResponse):
                 await self._write(send, heartbeat)
 
     async def stream_response(self, send: Send) -> None:
+        global _active
+        _active += 1
+        try:
+            await self._stream_response(send)
+        finally:
+            _active -= 1
+
+    async def _stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self._last_write = asyncio.get_running_loop().time()
         beat = None

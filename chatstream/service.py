@@ -9,6 +9,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from chains import ChainContext, ChainRegistry, default_registry
 from chatstream import errors
+from chatstream.diagnostics import live_runs
 from chatstream.models import ConfigurationError, ModelTarget, build_model
 from chatstream.runner import ChainRun
 from chatstream.schema import ChatRequest, Limits, Message
@@ -84,11 +85,16 @@ class ChatService:
         chain = spec.build(ChainContext(model=model, system_prompt=self.settings.system_prompt))
         conversation = request.conversation
         inputs = {"history": _history(conversation[:-1]), "question": conversation[-1].content}
-        return ChainRun(
+        run = ChainRun(
             chain=chain,
             inputs=inputs,
             request_id=request_id,
             chain_name=chain_name,
             deployment=self.target.deployment,
             config={"run_name": f"chat:{chain_name}", "metadata": {"request_id": request_id}},
+            max_retries=self.settings.upstream_max_retries,
+            retry_window=self.settings.first_event_wait_seconds,
+            log_content=self.settings.log_content,
         )
+        live_runs.add(run)
+        return run

@@ -251,5 +251,5 @@ def test_function_registration_route_methods_and_auth_level():
     )
     functions = {f["name"]: f for f in json.loads(result.stdout.strip().splitlines()[-1])}
     assert functions["chat"]["route"] == "chat"
-    assert functions["chat"]["methods"] == ["POST"]
+    assert functions["chat"]["methods"] == ["OPTIONS", "POST"]
     assert functions["chat"]["auth"] == "function"

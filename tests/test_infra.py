@@ -75,6 +75,9 @@ OPTIONAL_IN_AZURE = {
     "CHAT_UPSTREAM_TIMEOUT_SECONDS": "code default; override with extraAppSettings",
     "CHAT_UPSTREAM_MAX_RETRIES": "code default; override with extraAppSettings",
     "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s); override with extraAppSettings",
+    "CHAT_UPSTREAM_READ_TIMEOUT_SECONDS": "code default (30 s); override with extraAppSettings",
+    "CHAT_ALLOW_ANONYMOUS": "secure default (FUNCTION auth level); opt in with extraAppSettings",
+    "CHAT_DIAGNOSTICS": "test-only diagnostics route; must stay off in Azure",
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_TOKEN_DELAY_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_PORT": "simulator only; Azure uses the real deployment",
@@ -83,11 +86,6 @@ OPTIONAL_IN_AZURE = {
 #: App settings Bicep already sets for settings announced for the app but not yet in
 #: chatstream/settings.py. Once one lands in Settings it is covered by the alias check instead.
 ANNOUNCED_SETTINGS = {
-    "CHAT_CORS_ORIGINS",
-    "CHAT_ALLOW_ANONYMOUS",
-    "CHAT_HEARTBEAT_SECONDS",
-    "CHAT_DEADLINE_SECONDS",
-    "CHAT_LOG_CONTENT",
     "CHAT_DEPLOYMENTS",
 }
 
