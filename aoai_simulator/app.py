@@ -45,6 +45,11 @@ _WATCHED_WAIT_S = 0.05
 _AZURE_PREFIX = "/openai/deployments/"
 _COMPLETIONS_SUFFIX = "/chat/completions"
 _OPENAI_PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
+#: What Azure sends when generation fails after the stream started (then it ends the body).
+_STREAM_ERROR_EVENT = (
+    b'data: {"error":{"code":"server_error","message":"The server had an error while processing your '
+    b'request. Sorry about that!"}}\n\n'
+)
 #: `[sim:SPEC]` in the last message (only with `prompt_faults`); SPEC has no brackets.
 _PROMPT_FAULT = re.compile(r"\[sim:([^\[\]]*)\]")
 
@@ -573,7 +578,7 @@ class SimulatorApp:
             record.outcome = "client_closed"
             return
         limit = len(tokens)
-        for name in ("stall_after", "drop_after"):
+        for name in ("stall_after", "drop_after", "error_after"):
             value = getattr(plan, name)
             if value is not None:
                 limit = min(limit, value)
@@ -614,6 +619,10 @@ class SimulatorApp:
         if plan.drop_after is not None and plan.drop_after < len(tokens):
             record.outcome = "dropped"
             await _abort_connection(send)
+            return
+        if plan.error_after is not None and plan.error_after < len(tokens):
+            record.outcome = "error"
+            await send({"type": "http.response.body", "body": _STREAM_ERROR_EVENT, "more_body": False})
             return
 
         tail = [encoder.content_filtered() if finish == "content_filter" else encoder.finish(finish)]

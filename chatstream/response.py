@@ -107,9 +107,15 @@ class EventStreamResponse(StreamingResponse):
         try:
             closing: list[Event] = []
             try:
-                async with asyncio.timeout_at(self.deadline_at):
+                deadline_at = self.deadline_at
+                async with asyncio.timeout_at(deadline_at):
                     async for event in events:
                         await self._write(send, encode(event))
+                        # asyncio.timeout cancels once; a layer below that absorbs the cancellation
+                        # (langchain awaits a task per chunk) would let the stream run on. The clock
+                        # was read by _write anyway, so this check is free.
+                        if self._last_write >= deadline_at:
+                            raise TimeoutError
             except TimeoutError:
                 closing = self.run.fail(self.deadline_error)
             except ChatError as error:  # the model failed after the response was already committed
