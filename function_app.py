@@ -36,7 +36,7 @@ async def chat(req: Request) -> Response:
 @app.route(route="openapi.json", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
 async def openapi(req: Request) -> Response:
     """The request and error schemas with this deployment's limits (no secrets, no settings)."""
-    return JSONResponse(openapi_document(settings))
+    return JSONResponse(openapi_document(settings, chat_endpoint.service.registry.names()))
 
 
 if settings.diagnostics:

@@ -46,6 +46,13 @@ ANSWER_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: One SSE event: `data` is an event JSON object (docs/protocol.md) or the final `[DONE]`.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+
 _ERRORS = {
     "400": "invalid JSON or request, unknown chain, or the prompt was blocked by the content filter",
     "413": "the body is larger than CHAT_MAX_BODY_BYTES",
@@ -57,20 +64,27 @@ _ERRORS = {
 }
 
 
-def _request_schema(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+def _request_schema(settings: Settings, chains: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pydantic schema with the run-time limits written in."""
     schema = ChatRequest.model_json_schema(ref_template=_REF)
     defs = schema.pop("$defs", {})
     props = schema["properties"]
     props["messages"]["maxItems"] = settings.max_messages
+    props["messages"]["minItems"] = 1
+    # `user` or `messages`, not both. (That the last message is the user's is beyond JSON Schema.)
+    schema["oneOf"] = [
+        {"required": ["user"], "not": {"required": ["messages"]}},
+        {"required": ["messages"], "not": {"required": ["user"]}},
+    ]
     props["max_tokens"]["anyOf"][0]["maximum"] = settings.max_tokens_limit
     props["user"]["anyOf"][0]["maxLength"] = settings.max_content_chars
+    props["chain"]["anyOf"][0]["enum"] = chains
     defs["Message"]["properties"]["content"]["maxLength"] = settings.max_content_chars
     return schema, defs
 
 
 @lru_cache(maxsize=4)
-def _document(settings_key: tuple[int, int, int, int]) -> dict[str, Any]:
+def _document(settings_key: tuple[int, int, int, int], chains: tuple[str, ...]) -> dict[str, Any]:
     max_messages, max_chars, max_tokens, max_body = settings_key
     settings = Settings(
         CHAT_MAX_MESSAGES=max_messages,
@@ -78,14 +92,15 @@ def _document(settings_key: tuple[int, int, int, int]) -> dict[str, Any]:
         CHAT_MAX_TOKENS_LIMIT=max_tokens,
         CHAT_MAX_BODY_BYTES=max_body,
     )
-    request, defs = _request_schema(settings)
+    request, defs = _request_schema(settings, list(chains))
     error_ref = {"$ref": _REF.format(model="Error")}
     responses: dict[str, Any] = {
         "200": {
             "description": "The answer: an event stream (SSE or NDJSON), or one JSON object (stream=false)",
             "headers": {"X-Request-Id": {"schema": {"type": "string"}}},
             "content": {
-                "text/event-stream": {"schema": {"type": "string"}},
+                # Before OpenAPI 3.2 the schema of an event stream describes one event.
+                "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
                 "application/x-ndjson": {"schema": {"type": "string"}},
                 "application/json": {"schema": {"$ref": _REF.format(model="Answer")}},
             },
@@ -124,11 +139,11 @@ def _document(settings_key: tuple[int, int, int, int]) -> dict[str, Any]:
     }
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
+def openapi_document(settings: Settings, chains: list[str]) -> dict[str, Any]:
     key = (
         settings.max_messages,
         settings.max_content_chars,
         settings.max_tokens_limit,
         settings.max_body_bytes,
     )
-    return _document(key)
+    return _document(key, tuple(sorted(chains)))
