@@ -433,8 +433,8 @@ class SimulatorApp:
                 or hashlib.sha256(b"\0".join((plan.spec.encode(), deployment.encode(), raw))).hexdigest()
             )
             record.attempt = self.attempts.next_attempt(key)
-            if record.attempt > plan.times:
-                return FaultPlan(spec=plan.spec)
+            if record.attempt > plan.times:  # the fault is spent; the pacing still applies
+                return FaultPlan(spec=plan.spec, tokens=plan.tokens, token_delay_ms=plan.token_delay_ms)
         return plan
 
     @staticmethod
