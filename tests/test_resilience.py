@@ -460,3 +460,20 @@ def test_every_chat_log_line_names_its_request(fault_app):
     assert all(
         "request_id=" in line for line in lines if " chatstream." in line and "chat model:" not in line
     )
+
+
+def test_deployment_rpm_limit_reaches_the_caller_as_429_with_retry_after():
+    from aoai_simulator import SimulatorConfig, start_in_thread
+
+    with (
+        start_in_thread(SimulatorConfig(ttft_ms=0, token_delay_ms=0, requests_per_minute=2)) as sim,
+        start_app(AZURE_OPENAI_ENDPOINT=sim.url, AZURE_OPENAI_API_KEY="test-key-not-secret") as app,
+    ):
+        assert [chat(app.url, f"q{i}", stream=False).status_code for i in range(2)] == [200, 200]
+        started = time.monotonic()
+        limited = chat(app.url, "one too many", stream=False)
+        assert time.monotonic() - started < 5, "a minute-long Retry-After is passed on, not slept on"
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert limited.json()["error"]["retry_after"] > 0
+        assert sim.stats()["requests_total"] == 3
