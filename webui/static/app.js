@@ -136,6 +136,7 @@ class Turn {
     this.outputs = new Map(); // deployment -> Typewriter
     this.sentAt = performance.now();
     this.firstAt = 0;
+    this.lastAt = 0;
     this.deltas = 0;
     this.usage = null;
   }
@@ -191,12 +192,13 @@ class Turn {
 const fmtMs = (ms) => (ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`);
 
 function showMetrics(turn, final = false) {
-  const now = performance.now();
   const m = ui.metrics;
   m.ttft.textContent = turn.firstAt ? fmtMs(turn.firstAt - turn.sentAt) : "–";
   const tokens = turn.usage ? turn.usage.completion_tokens : turn.deltas;
-  const seconds = turn.firstAt ? (now - turn.firstAt) / 1000 : 0;
-  m.rate.textContent = seconds > 0.05 && tokens > 1 ? `${(tokens / seconds).toFixed(1)} tok/s` : "–";
+  // Generation speed after the first token; live: up to now, final: up to the last token.
+  const until = final ? turn.lastAt : performance.now();
+  const seconds = turn.firstAt ? (until - turn.firstAt) / 1000 : 0;
+  m.rate.textContent = seconds > 0.05 && tokens > 1 ? `${((tokens - 1) / seconds).toFixed(1)} tok/s` : "–";
   m.tokens.textContent = turn.usage ? String(tokens) : `${turn.deltas}${final ? "" : "…"}`;
   m.usage.textContent = turn.usage
     ? `${turn.usage.prompt_tokens} in + ${turn.usage.completion_tokens} out = ${turn.usage.total_tokens}`
@@ -215,7 +217,8 @@ const handlers = {
   },
   delta(turn, event) {
     if (typeof event.delta_content !== "string" || !event.delta_content) return;
-    if (!turn.firstAt) turn.firstAt = performance.now();
+    turn.lastAt = performance.now();
+    if (!turn.firstAt) turn.firstAt = turn.lastAt;
     turn.deltas += 1;
     turn.output(event.deployment).push(event.delta_content);
   },
@@ -266,7 +269,8 @@ async function ask(question) {
   const messages = [...history, { role: "user", content: question }];
   const system = ui.system.value.trim();
   const body = requestBody(system ? [{ role: "system", content: system }, ...messages] : messages);
-  const smooth = ui.smooth.checked && !reducedMotion.matches;
+  // A non-streamed answer (the accessible choice) appears at once, never animated.
+  const smooth = body.stream !== false && ui.smooth.checked && !reducedMotion.matches;
   const turn = new Turn(smooth);
   const controller = new AbortController();
   current = { controller, turn };
@@ -286,7 +290,7 @@ async function ask(question) {
     });
     if (body.stream === false) {
       const answer = await response.json();
-      turn.firstAt = performance.now();
+      turn.firstAt = turn.lastAt = performance.now();
       turn.usage = answer.usage || null;
       turn.finishReason = answer.finish_reason;
       turn.setState("streaming", "");
