@@ -1,5 +1,5 @@
 // The chat page: multi-turn history, streaming with Stop, smooth display, live metrics.
-// Model output only ever goes into text nodes (never innerHTML), so it cannot inject markup.
+// Model output only ever goes into text nodes, never parsed as HTML, so it cannot inject markup.
 import { HttpError, postChat, readEvents } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
