@@ -21,6 +21,8 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-client.txt | check-
 venv: $(STAMP)
 
 run: $(STAMP)
+	@test -f local.settings.json || { cp local.settings.json.example local.settings.json; \
+	  echo "Created local.settings.json from local.settings.json.example (simulated deployment)."; }
 	$(PY) -m funchost
 
 # The chat page's browser tests drive Debian's chromium; install it when missing and we can (root + apt).

@@ -10,6 +10,7 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
+from chatstream import telemetry
 from chatstream.endpoint import ChatEndpoint
 from chatstream.service import ChatService
 from chatstream.settings import get_settings
@@ -17,6 +18,7 @@ from webui import ui_assets
 
 settings = get_settings()
 logging.getLogger("chatstream").setLevel(settings.log_level)
+telemetry.configure(settings.azure_client_id)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 chat_endpoint = ChatEndpoint(ChatService.from_settings(settings))

@@ -17,7 +17,7 @@ from typing import Any
 from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from chatstream import events
+from chatstream import events, telemetry
 from chatstream.errors import ChatError
 from chatstream.events import Event, Usage
 from chatstream.upstream import to_chat_error
@@ -69,6 +69,8 @@ class ChainRun:
 
     started: bool = False
     logged: bool = False
+    #: The request's telemetry span (None unless Application Insights export is on).
+    span: Any = None
 
     def _start_event(self) -> Event:
         self.started = True
@@ -125,25 +127,27 @@ class ChainRun:
         yield self._end_event()
 
     def log_outcome(self) -> None:
-        """One line per request, written once by whoever ends the request."""
+        """One line (and one span) per request, written once by whoever ends the request."""
         if self.logged:
             return
         self.logged = True
         elapsed = time.perf_counter() - self.started_at
         ttft = (self.first_delta_at - self.started_at) if self.first_delta_at else None
-        log.info(
-            "chat %s request_id=%s chain=%s deployment=%s deltas=%d finish_reason=%s usage=%s "
-            "ttft_ms=%s duration_ms=%.0f",
-            self.outcome,
-            self.request_id,
-            self.chain_name,
-            self.deployment,
-            self.deltas,
-            self.finish_reason,
-            self.usage,
-            f"{ttft * 1000:.0f}" if ttft is not None else "-",
-            elapsed * 1000,
-        )
+        with telemetry.use_span(self.span):
+            log.info(
+                "chat %s request_id=%s chain=%s deployment=%s deltas=%d finish_reason=%s usage=%s "
+                "ttft_ms=%s duration_ms=%.0f",
+                self.outcome,
+                self.request_id,
+                self.chain_name,
+                self.deployment,
+                self.deltas,
+                self.finish_reason,
+                self.usage,
+                f"{ttft * 1000:.0f}" if ttft is not None else "-",
+                elapsed * 1000,
+            )
+        telemetry.finish(self.span, self, ttft, elapsed)
 
 
 async def collect(run: ChainRun) -> dict[str, Any]:

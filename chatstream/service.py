@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from chains import ChainContext, ChainRegistry, default_registry
-from chatstream import errors
+from chatstream import errors, telemetry
 from chatstream.models import ConfigurationError, ModelTarget, build_model
 from chatstream.runner import ChainRun
 from chatstream.schema import ChatRequest, Limits, Message
@@ -84,7 +84,18 @@ class ChatService:
         chain = spec.build(ChainContext(model=model, system_prompt=self.settings.system_prompt))
         conversation = request.conversation
         inputs = {"history": _history(conversation[:-1]), "question": conversation[-1].content}
+        span = telemetry.start_span(
+            f"chat {chain_name}",
+            {
+                "chat.request_id": request_id,
+                "chat.chain": chain_name,
+                "chat.deployment": self.target.deployment,
+                "gen_ai.operation.name": "chat",
+                "chat.stream": request.stream,
+            },
+        )
         return ChainRun(
+            span=span,
             chain=chain,
             inputs=inputs,
             request_id=request_id,
