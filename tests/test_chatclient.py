@@ -8,7 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +33,24 @@ def cli(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess
         env=env,
         cwd=REPO_ROOT,
     )
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run in a thread of its own: Playwright's sync API (browser tests) keeps a loop running here."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def reference_answer(url: str, messages: list[dict]) -> dict:
@@ -56,7 +77,7 @@ def test_async_api_yields_events_as_they_arrive(app, fmt):
             times.append(time.monotonic())
         return events, times, metrics
 
-    events, times, metrics = asyncio.run(collect())
+    events, times, metrics = run_async(collect())
     assert events[0]["type"] == "start" and events[-1]["type"] == "end"
     assert all(e["type"] == "delta" for e in events[1:-1]), "no heartbeat or [DONE] leaks through"
     text = "".join(e["delta_content"] for e in events[1:-1])
@@ -72,10 +93,10 @@ def test_async_api_raises_the_apps_http_error(app):
             pass
 
     with pytest.raises(ChatHttpError) as caught:
-        asyncio.run(go())
+        run_async(go())
     assert caught.value.status == 400 and caught.value.code == "option_out_of_range"
     with pytest.raises(ChatHttpError):
-        asyncio.run(ask(app.url, [{"role": "user", "content": "hi"}], chain="nope"))
+        run_async(ask(app.url, [{"role": "user", "content": "hi"}], chain="nope"))
 
 
 def test_cli_streams_the_answer_and_prints_metrics(app):

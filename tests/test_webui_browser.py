@@ -43,7 +43,9 @@ def _missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running on this thread while it is open,
+# which would break `asyncio.run` in tests of other modules.
+@pytest.fixture(scope="module")
 def browser_context() -> Iterator[Any]:
     reason = _missing_browser()
     if reason:
