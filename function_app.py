@@ -14,6 +14,7 @@ from chatstream import telemetry
 from chatstream.endpoint import ChatEndpoint
 from chatstream.service import ChatService
 from chatstream.settings import get_settings
+from webui import ui_assets
 
 settings = get_settings()
 logging.getLogger("chatstream").setLevel(settings.log_level)
@@ -27,3 +28,16 @@ chat_endpoint = ChatEndpoint(ChatService.from_settings(settings))
 async def chat(req: Request) -> Response:
     """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object)."""
     return await chat_endpoint.handle(req)
+
+
+# The reference chat page. Anonymous: it holds no secrets; its chat calls carry the key themselves.
+@app.route(route="ui", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+async def ui(req: Request) -> Response:
+    """The chat page (open it in a browser)."""
+    return ui_assets().page(req)
+
+
+@app.route(route="ui/{name}", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+async def ui_asset(req: Request) -> Response:
+    """The page's scripts and styles."""
+    return ui_assets().asset(req, req.path_params["name"])
