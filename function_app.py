@@ -10,14 +10,16 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
-from chatstream import diagnostics
+from chatstream import diagnostics, telemetry
 from chatstream.endpoint import ChatEndpoint
 from chatstream.openapi import openapi_document
 from chatstream.service import ChatService
 from chatstream.settings import get_settings
+from webui import ui_assets
 
 settings = get_settings()
 logging.getLogger("chatstream").setLevel(settings.log_level)
+telemetry.configure(settings.azure_client_id)
 
 # A key is required unless anonymous access is chosen explicitly (CHAT_ALLOW_ANONYMOUS=true).
 CHAT_AUTH = func.AuthLevel.ANONYMOUS if settings.allow_anonymous else func.AuthLevel.FUNCTION
@@ -31,6 +33,19 @@ async def chat(req: Request) -> Response:
     """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object).
     OPTIONS answers the CORS preflight from the CHAT_CORS_ORIGINS allow-list."""
     return await chat_endpoint.handle(req)
+
+
+# The reference chat page. Anonymous: it holds no secrets; its chat calls carry the key themselves.
+@app.route(route="ui", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+async def ui(req: Request) -> Response:
+    """The chat page (open it in a browser)."""
+    return ui_assets().page(req)
+
+
+@app.route(route="ui/{name}", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+async def ui_asset(req: Request) -> Response:
+    """The page's scripts and styles."""
+    return ui_assets().asset(req, req.path_params["name"])
 
 
 @app.route(route="openapi.json", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)

@@ -29,7 +29,8 @@ from .config import SimulatorConfig
 from .faults import AttemptCounter, FaultPlan, FaultSpecError, parse_fault
 from .ratelimit import RateDecision, RateLimiter
 from .stats import RequestRecord, SimulatorStats
-from .text import answer_tokens, prompt_tokens
+from .text import answer_tokens, messages_digest, prompt_tokens
+from .tools import PlannedCall, plan_tool_calls
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -83,6 +84,7 @@ class _Request:
     token_delay_s: float
     plan: FaultPlan
     base_headers: list[tuple[bytes, bytes]]
+    tool_calls: list[PlannedCall]
 
 
 class _Disconnect:
@@ -360,6 +362,9 @@ class SimulatorApp:
             token_delay_s=(config.token_delay_ms if delay is None else delay) / 1000,
             plan=plan,
             base_headers=base_headers,
+            tool_calls=plan_tool_calls(
+                messages, body.get("tools"), body.get("tool_choice"), messages_digest(messages)
+            ),
         )
 
     @staticmethod
@@ -509,6 +514,10 @@ class SimulatorApp:
         """Non-streaming: wait as long as generating would take, then answer in one body."""
         record = request.record
         tokens, finish = self._plan_tokens(request)
+        calls = request.tool_calls
+        if calls:
+            tokens = tuple(fragment for call in calls for fragment in call.fragments())
+            finish = "tool_calls"
         plan = request.plan
         watcher = _Disconnect(receive)
         try:
@@ -534,6 +543,10 @@ class SimulatorApp:
             finish_reason=finish,
             prompt=record.prompt_tokens,
             completion=len(tokens),
+            tool_calls=[
+                {"function": {"arguments": c.arguments, "name": c.name}, "id": c.call_id, "type": "function"}
+                for c in calls
+            ],
         )
         record.status = 200
         record.chunks_sent = len(tokens)
@@ -576,6 +589,9 @@ class SimulatorApp:
 
         if await watcher.wait(request.ttft_s):
             record.outcome = "client_closed"
+            return
+        if request.tool_calls:
+            await self._stream_tool_calls(request, send, watcher, encoder)
             return
         limit = len(tokens)
         for name in ("stall_after", "drop_after", "error_after"):
@@ -631,4 +647,34 @@ class SimulatorApp:
         tail.append(DONE)
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
         record.finish_reason = finish
+        record.outcome = "client_closed" if watcher.is_set else "completed"
+
+    async def _stream_tool_calls(
+        self, request: _Request, send: Send, watcher: _Disconnect, encoder: ChunkEncoder
+    ) -> None:
+        """Calls one after another (index 0, 1, ...), each as id+name then argument fragments."""
+        record = request.record
+        delay = request.token_delay_s
+        sent = 0
+        for index, call in enumerate(request.tool_calls):
+            events = [encoder.tool_call(index, call.call_id, call.name, "")]
+            events += [encoder.tool_call(index, None, None, fragment) for fragment in call.fragments()]
+            for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                sent += 1
+                record.chunks_sent = sent
+                if delay > 0:
+                    gone = await watcher.wait(delay)
+                else:
+                    await asyncio.sleep(0)  # lets the disconnect watcher run
+                    gone = watcher.is_set
+                if gone:
+                    record.outcome = "client_closed"
+                    return
+        tail = [encoder.finish("tool_calls")]
+        if request.include_usage:
+            tail.append(encoder.usage(record.prompt_tokens, sent))
+        tail.append(DONE)
+        await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+        record.finish_reason = "tool_calls"
         record.outcome = "client_closed" if watcher.is_set else "completed"

@@ -149,6 +149,26 @@ class ChunkEncoder:
                 self._cache[token] = event
         return event
 
+    def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> bytes:
+        """One tool-call fragment: id, type and name only on a call's first fragment (as Azure sends)."""
+        function: dict[str, Any] = {"arguments": arguments}
+        call: dict[str, Any] = {"function": function, "index": index}
+        delta: dict[str, Any] = {"tool_calls": [call]}
+        if call_id is not None:
+            function["name"] = name
+            call["id"] = call_id
+            call["type"] = "function"
+        if index == 0 and call_id is not None:
+            delta = {"content": None, "refusal": None, "role": "assistant", **delta}
+        choice = {
+            "content_filter_results": {},
+            "delta": delta,
+            "finish_reason": None,
+            "index": 0,
+            "logprobs": None,
+        }
+        return self._event([choice])
+
     def finish(self, reason: str) -> bytes:
         return self._event(
             [
@@ -194,6 +214,7 @@ def completion_body(
     finish_reason: str,
     prompt: int,
     completion: int,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> bytes:
     """Non-streaming `chat.completion` object with Azure's filter annotations."""
     filters = BLOCKED_CONTENT_FILTER_RESULTS if finish_reason == "content_filter" else CONTENT_FILTER_RESULTS
@@ -204,7 +225,13 @@ def completion_body(
                 "finish_reason": finish_reason,
                 "index": 0,
                 "logprobs": None,
-                "message": {"annotations": [], "content": content, "refusal": None, "role": "assistant"},
+                "message": {
+                    "annotations": [],
+                    "content": content if not tool_calls else None,
+                    "refusal": None,
+                    "role": "assistant",
+                    **({"tool_calls": tool_calls} if tool_calls else {}),
+                },
             }
         ],
         "created": int(time.time()),

@@ -91,8 +91,23 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
+def _trailing_tool_results(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    results: list[str] = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.append(message_text(message.get("content")))
+    return results[::-1]
+
+
 def acknowledgement(messages: Sequence[Mapping[str, Any]]) -> str:
-    """Readable opening that proves which request the answer belongs to."""
+    """Readable opening that proves which request the answer belongs to.
+
+    After `tool` messages it quotes every tool result, so tests can see the results reached the model.
+    """
+    results = _trailing_tool_results(messages)
+    if results:
+        return "Tool results: " + "; ".join(f'"{r}"' for r in results) + "."
     words = _last_user_text(messages).split()
     count = len(messages)
     plural = "message" if count == 1 else "messages"

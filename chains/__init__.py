@@ -1,10 +1,12 @@
 """The chains this app can run, by name."""
 
 from chains.chat import CHAT
+from chains.rag import RAG
 from chains.registry import ChainContext, ChainRegistry, ChainSpec, ChatInput
+from chains.tools import TOOLS
 
 __all__ = ["ChainContext", "ChainRegistry", "ChainSpec", "ChatInput", "default_registry"]
 
 
 def default_registry() -> ChainRegistry:
-    return ChainRegistry([CHAT])
+    return ChainRegistry([CHAT, TOOLS, RAG])

@@ -1,14 +1,15 @@
 """Named chains the caller picks with `"chain"`; each one is built around an injected chat model.
 
 Chains know nothing of HTTP: they take `ChatInput` and stream `AIMessageChunk`s, so the caller's
-usage and finish reason travel through unchanged.
+usage and finish reason travel through unchanged. A chain may also yield plain dicts with a `type`
+key (progress, citations, tool results): the runner forwards them as events of that type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -26,6 +27,24 @@ class ChainContext:
 
     model: Runnable | BaseChatModel
     system_prompt: str
+    #: The unbound model and the request's options, for chains that bind more (tools) before the options.
+    chat_model: BaseChatModel | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    #: Model calls the `tools` chain may make before it must have answered.
+    tool_max_rounds: int = 4
+    #: Passages the `rag` chain retrieves.
+    rag_top_k: int = 4
+
+    def model_with_tools(self, tools: Sequence[Any]) -> Runnable:
+        """`bind_tools` on the model itself, then the request's options: binding tools onto an already
+        bound model would drop its options (max_tokens, temperature)."""
+        base = self.chat_model
+        if base is None:
+            if not isinstance(self.model, BaseChatModel):
+                raise TypeError("a chain that binds tools needs ChainContext.chat_model")
+            base = self.model
+        bound = base.bind_tools(list(tools))
+        return bound.bind(**self.model_options) if self.model_options else bound
 
 
 @dataclass(frozen=True)

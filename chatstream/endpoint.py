@@ -20,6 +20,7 @@ from chatstream import encoding, errors
 from chatstream.cors import CorsPolicy
 from chatstream.errors import ChatError
 from chatstream.events import Event
+from chatstream.fanout import MultiRun
 from chatstream.response import EventStreamResponse
 from chatstream.runner import ChainRun, collect
 from chatstream.schema import ChatRequest
@@ -105,7 +106,7 @@ async def _unless_client_leaves(request: Request, run: ChainRun, work: Awaitable
         await asyncio.wait({task, gone}, return_when="FIRST_COMPLETED")
         if not task.done():
             await _cancel(task)
-            run.outcome = "cancelled"
+            _mark_cancelled(run)
             run.log_outcome()
             raise ClientGone
         return task.result()
@@ -114,6 +115,12 @@ async def _unless_client_leaves(request: Request, run: ChainRun, work: Awaitable
         raise
     finally:
         gone.cancel()
+
+
+def _mark_cancelled(run: ChainRun | MultiRun) -> None:
+    """For a run cancelled before its generator ever ran (a MultiRun marks its own runs)."""
+    if isinstance(run, ChainRun) and run.outcome == "running":
+        run.outcome = "cancelled"
 
 
 class ChatEndpoint:
@@ -131,6 +138,7 @@ class ChatEndpoint:
             chat_request = parse_request(body, self.service)
             run = self.service.run(chat_request, request_id)
             if not chat_request.stream:
+                assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
                 answer = await _unless_client_leaves(request, run, collect(run))
                 headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
                 return JSONResponse(answer, headers=headers)
@@ -150,7 +158,7 @@ class ChatEndpoint:
             log.exception("chat request failed request_id=%s", request_id)
             return error_response(errors.internal_error(), request_id, cors)
 
-    async def _stream(self, request: Request, run: ChainRun, cors: dict[str, str]) -> Response:
+    async def _stream(self, request: Request, run: ChainRun | MultiRun, cors: dict[str, str]) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
         settings = self.service.settings
@@ -168,7 +176,7 @@ class ChatEndpoint:
         except (asyncio.CancelledError, ClientGone):
             await _cancel(first)
             await stream.aclose()
-            run.outcome = "cancelled"
+            _mark_cancelled(run)
             run.log_outcome()
             raise
         finally:

@@ -95,3 +95,12 @@ def not_configured(reason: str) -> ChatError:
 
 def internal_error() -> ChatError:
     return ChatError(500, "internal_error", "the server failed to produce an answer", retryable=True)
+
+
+def unknown_deployment(names: list[str], allowed: list[str]) -> ChatError:
+    return ChatError(
+        400,
+        "unknown_deployment",
+        f"deployments: {', '.join(map(repr, names))} not allowed; allowed: {', '.join(allowed)}",
+        param="deployments",
+    )

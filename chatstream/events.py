@@ -50,7 +50,28 @@ class EndEvent(TypedDict):
     usage: Usage | None
 
 
+class ToolCallDeltaEvent(TypedDict):
+    type: Literal["tool_call_delta"]
+    deployment: str
+    index: int
+    id: str | None
+    name: str | None
+    arguments_delta: str
+
+
+class ToolCallEvent(TypedDict):
+    type: Literal["tool_call"]
+    deployment: str
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
 Event = dict[str, Any]
+
+#: Types only the runner produces; a chain yielding one of these as a dict is a bug.
+RUNNER_TYPES = frozenset({"start", "delta", "error", "end", "done", "tool_call_delta", "tool_call"})
 
 
 def start(request_id: str, chain: str, deployment: str) -> Event:
@@ -90,4 +111,26 @@ def end(
         "model": model,
         "finish_reason": finish_reason,
         "usage": usage,
+    }
+
+
+def tool_call_delta(deployment: str, index: int, call_id: str | None, name: str | None, args: str) -> Event:
+    return {
+        "type": "tool_call_delta",
+        "deployment": deployment,
+        "index": index,
+        "id": call_id,
+        "name": name,
+        "arguments_delta": args,
+    }
+
+
+def tool_call(deployment: str, index: int, call_id: str | None, name: str | None, arguments: str) -> Event:
+    return {
+        "type": "tool_call",
+        "deployment": deployment,
+        "index": index,
+        "id": call_id,
+        "name": name,
+        "arguments": arguments,
     }

@@ -7,7 +7,9 @@ answered with a JSON 503 instead of the app failing to load.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -54,10 +56,19 @@ def client_options(settings: Settings) -> dict[str, object]:
     }
 
 
-def _azure(settings: Settings, endpoint: str, api_key: str | None) -> AzureChatOpenAI:
+@lru_cache(maxsize=4)
+def _token_provider(client_id: str | None) -> Callable[[], Awaitable[str]]:
+    """One credential per identity, shared by every deployment's model (one token cache)."""
+    from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+    credential = DefaultAzureCredential(managed_identity_client_id=client_id)
+    return get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
+
+
+def _azure(settings: Settings, endpoint: str, api_key: str | None, deployment: str) -> AzureChatOpenAI:
     common = {
         "azure_endpoint": endpoint,
-        "azure_deployment": settings.azure_openai_deployment,
+        "azure_deployment": deployment,
         "api_version": settings.azure_openai_api_version,
         "stream_usage": True,
         **client_options(settings),
@@ -65,23 +76,21 @@ def _azure(settings: Settings, endpoint: str, api_key: str | None) -> AzureChatO
     if api_key:
         return AzureChatOpenAI(api_key=api_key, **common)
     # Keyless: the async credential keeps token refreshes off the event loop's critical path.
-    from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
-
-    credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
-    return AzureChatOpenAI(
-        azure_ad_async_token_provider=get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE),
-        **common,
-    )
+    return AzureChatOpenAI(azure_ad_async_token_provider=_token_provider(settings.azure_client_id), **common)
 
 
-def build_model(settings: Settings, simulator_url: str | None = None) -> ModelTarget:
-    """`simulator_url` is where the simulated deployment listens when no real endpoint is set."""
+def build_model(
+    settings: Settings, simulator_url: str | None = None, deployment: str | None = None
+) -> ModelTarget:
+    """`simulator_url` is where the simulated deployment listens when no real endpoint is set;
+    `deployment` picks another deployment (or model) on the same endpoint with the same credentials."""
     if settings.azure_openai_endpoint:
         endpoint = _check_url("AZURE_OPENAI_ENDPOINT", settings.azure_openai_endpoint)
-        if not settings.azure_openai_deployment:
+        name = deployment or settings.azure_openai_deployment
+        if not name:
             raise ConfigurationError("AZURE_OPENAI_DEPLOYMENT is empty")
-        model = _azure(settings, endpoint, settings.azure_openai_api_key)
-        return ModelTarget("azure", settings.azure_openai_deployment, model, endpoint)
+        model = _azure(settings, endpoint, settings.azure_openai_api_key, name)
+        return ModelTarget("azure", name, model, endpoint)
     if settings.openai_base_url:
         endpoint = _check_url("OPENAI_BASE_URL", settings.openai_base_url)
         if not settings.openai_model:
@@ -89,12 +98,13 @@ def build_model(settings: Settings, simulator_url: str | None = None) -> ModelTa
         model = ChatOpenAI(
             base_url=endpoint,
             api_key=settings.openai_api_key or "not-needed",
-            model=settings.openai_model,
+            model=deployment or settings.openai_model,
             stream_usage=True,
             **client_options(settings),  # type: ignore[arg-type]
         )
-        return ModelTarget("openai", settings.openai_model, model, endpoint)
+        return ModelTarget("openai", deployment or settings.openai_model, model, endpoint)
     if simulator_url is None:
         raise ConfigurationError("no model endpoint is configured and the simulator is not running")
-    model = _azure(settings, simulator_url, "simulated-key")
-    return ModelTarget("simulator", settings.azure_openai_deployment, model, simulator_url)
+    name = deployment or settings.azure_openai_deployment
+    model = _azure(settings, simulator_url, "simulated-key", name)
+    return ModelTarget("simulator", name, model, simulator_url)

@@ -19,6 +19,7 @@ from starlette.types import Send
 from chatstream.encoding import WireFormat
 from chatstream.errors import ChatError
 from chatstream.events import Event
+from chatstream.fanout import MultiRun
 from chatstream.runner import ChainRun
 
 log = logging.getLogger("chatstream.response")
@@ -45,7 +46,7 @@ async def _no_body() -> AsyncIterator[bytes]:
 class EventStreamResponse(StreamingResponse):
     def __init__(
         self,
-        run: ChainRun,
+        run: ChainRun | MultiRun,
         first: Event | asyncio.Task[Event],
         rest: AsyncIterator[Event],
         wire: WireFormat,

@@ -19,7 +19,7 @@ from typing import Any
 from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from chatstream import events
+from chatstream import events, telemetry
 from chatstream.errors import ChatError
 from chatstream.events import Event, Usage
 from chatstream.upstream import to_chat_error
@@ -39,6 +39,13 @@ def _usage(metadata: Any) -> Usage | None:
     }
 
 
+def _add_usage(total: Usage | None, more: Usage) -> Usage:
+    """Chains that call the model several times (tool rounds) report the sum."""
+    if total is None:
+        return more
+    return {key: total[key] + more[key] for key in more}  # type: ignore[return-value]
+
+
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -48,6 +55,9 @@ def _text(content: Any) -> str:
     ]
     return "".join(parts)
 
+
+#: Events `"stream": false` leaves out of the answer's `events` list (they are its other fields).
+_NOT_IN_ANSWER = frozenset({"start", "delta", "end", "tool_call_delta"})
 
 #: Failures worth another attempt while nothing has been sent (the rest will not get better).
 RETRYABLE_CODES = frozenset(
@@ -91,6 +101,10 @@ class ChainRun:
 
     started: bool = False
     logged: bool = False
+    #: Tool calls being streamed, by index: the parts of each `tool_call` event so far.
+    pending_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: The request's telemetry span (None unless Application Insights export is on).
+    span: Any = None
 
     def _start_event(self) -> Event:
         self.started = True
@@ -157,6 +171,7 @@ class ChainRun:
                 next_chunk = stream.__anext__
                 answer = self.answer = [] if self.log_content else None
                 while True:
+                    text = ""
                     if isinstance(chunk, AIMessageChunk):
                         text = _text(chunk.content)
                         metadata = chunk.response_metadata
@@ -164,11 +179,16 @@ class ChainRun:
                             self.finish_reason = metadata.get("finish_reason", self.finish_reason)
                             self.model = metadata.get("model_name", self.model)
                         if chunk.usage_metadata:
-                            self.usage = _usage(chunk.usage_metadata)
+                            self.usage = _add_usage(self.usage, _usage(chunk.usage_metadata))
+                        if not text:
+                            for event in self._tool_call_events(chunk):
+                                yield event
                     elif isinstance(chunk, str):
                         text = chunk
-                    else:
-                        text = ""
+                    elif isinstance(chunk, dict):
+                        event = self._chain_event(chunk)
+                        if event is not None:
+                            yield event
                     if text:
                         if self.first_delta_at is None:
                             self.first_delta_at = time.perf_counter()
@@ -180,6 +200,8 @@ class ChainRun:
                         chunk = await next_chunk()
                     except StopAsyncIteration:
                         break
+            for event in self._complete_calls():
+                yield event
             self.outcome = "completed"
         except (asyncio.CancelledError, GeneratorExit):
             if self.outcome == "running":
@@ -204,8 +226,51 @@ class ChainRun:
                 yield events.error(deployment, content_filtered())
         yield self._end_event()
 
+    # -- the rare cases, kept out of the per-delta path -------------------------------------------
+
+    def _tool_call_events(self, chunk: AIMessageChunk) -> list[Event]:
+        """`tool_call_delta` per fragment; complete `tool_call`s once the model finished the turn."""
+        out: list[Event] = []
+        deployment = self.deployment
+        for part in chunk.tool_call_chunks:
+            index = part.get("index")
+            index = len(self.pending_calls) if index is None else index
+            call = self.pending_calls.setdefault(
+                index, {"index": index, "id": None, "name": None, "args": []}
+            )
+            if part.get("id"):
+                call["id"] = part["id"]
+            if part.get("name"):
+                call["name"] = part["name"]
+            if part.get("args"):
+                call["args"].append(part["args"])
+            out.append(
+                events.tool_call_delta(
+                    deployment, index, part.get("id"), part.get("name"), part.get("args") or ""
+                )
+            )
+        if chunk.response_metadata.get("finish_reason"):
+            out.extend(self._complete_calls())
+        return out
+
+    def _complete_calls(self) -> list[Event]:
+        calls = [self.pending_calls[index] for index in sorted(self.pending_calls)]
+        self.pending_calls.clear()
+        return [
+            events.tool_call(self.deployment, c["index"], c["id"], c["name"], "".join(c["args"]))
+            for c in calls
+        ]
+
+    def _chain_event(self, chunk: dict[str, Any]) -> Event | None:
+        """A chain's own event (progress, citations, tool results): forwarded, tagged with the deployment."""
+        kind = chunk.get("type")
+        if not isinstance(kind, str) or kind in events.RUNNER_TYPES:
+            log.warning("chain %s yielded a dict without a usable 'type'; dropped", self.chain_name)
+            return None
+        return {"type": kind, "deployment": self.deployment, **chunk}
+
     def log_outcome(self) -> None:
-        """One line per request, written once by whoever ends the request."""
+        """One line (and one span) per request, written once by whoever ends the request."""
         if self.logged:
             return
         self.logged = True
@@ -214,47 +279,44 @@ class ChainRun:
         # Azure reports usage in the last chunk only: a cancelled stream's completion tokens are
         # estimated from its deltas (one chunk per token), which is what the model was paid for.
         completion = self.usage["completion_tokens"] if self.usage else self.deltas
-        log.info(
-            "chat %s request_id=%s chain=%s deployment=%s deltas=%d completion_tokens=%d%s "
-            "finish_reason=%s usage=%s retries=%d ttft_ms=%s duration_ms=%.0f",
-            self.outcome,
-            self.request_id,
-            self.chain_name,
-            self.deployment,
-            self.deltas,
-            completion,
-            "" if self.usage else "(estimated)",
-            self.finish_reason,
-            self.usage,
-            self.retries,
-            f"{ttft * 1000:.0f}" if ttft is not None else "-",
-            elapsed * 1000,
-        )
-        if self.log_content:
-            question = self.inputs.get("question")
+        with telemetry.use_span(self.span):
             log.info(
-                "chat content request_id=%s question=%r answer=%r",
+                "chat %s request_id=%s chain=%s deployment=%s deltas=%d completion_tokens=%d%s "
+                "finish_reason=%s usage=%s retries=%d ttft_ms=%s duration_ms=%.0f",
+                self.outcome,
                 self.request_id,
-                question,
-                "".join(self.answer or ()),
+                self.chain_name,
+                self.deployment,
+                self.deltas,
+                completion,
+                "" if self.usage else "(estimated)",
+                self.finish_reason,
+                self.usage,
+                self.retries,
+                f"{ttft * 1000:.0f}" if ttft is not None else "-",
+                elapsed * 1000,
             )
-
-
-async def _aclose(stream: AsyncIterator[Any]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()
+            if self.log_content:
+                log.info(
+                    "chat content request_id=%s question=%r answer=%r",
+                    self.request_id,
+                    self.inputs.get("question"),
+                    "".join(self.answer or ()),
+                )
+        telemetry.finish(self.span, self, ttft, elapsed)
 
 
 async def collect(run: ChainRun) -> dict[str, Any]:
     """The whole answer as one object, for `"stream": false`; any failure is raised."""
     run.in_band_errors = False
     parts: list[str] = []
+    extra: list[Event] = []
     try:
         async for event in run.events():
             if event["type"] == "delta":
                 parts.append(event["delta_content"])
+            elif event["type"] not in _NOT_IN_ANSWER:
+                extra.append(event)
     finally:
         run.log_outcome()
     if run.outcome not in ("completed", "content_filter"):
@@ -267,4 +329,12 @@ async def collect(run: ChainRun) -> dict[str, Any]:
         "content": "".join(parts),
         "finish_reason": run.finish_reason,
         "usage": run.usage,
+        **({"events": extra} if extra else {}),
     }
+
+
+async def _aclose(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()

@@ -19,6 +19,7 @@ class Limits:
     max_messages: int = 50
     max_content_chars: int = 16_000
     max_tokens: int = 4096
+    max_deployments: int = 4
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -55,6 +56,8 @@ class ChatRequest(BaseModel):
     stream: bool = True
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    #: Several deployments answering at once (checked against CHAT_DEPLOYMENTS by the service).
+    deployments: list[str] | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +97,22 @@ class ChatRequest(BaseModel):
         limit = _limits(info).max_tokens
         if value is not None and value > limit:
             raise ValueError(f"max_tokens may be at most {limit}")
+        return value
+
+    @field_validator("deployments")
+    @classmethod
+    def _deployments(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        limit = _limits(info).max_deployments
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} deployments named; the limit is {limit}")
+        if any(not name.strip() for name in value):
+            raise ValueError("deployment names must not be empty")
+        if len(set(value)) != len(value):
+            raise ValueError("each deployment may be named once")
+        if len(value) > 1 and info.data.get("stream") is False:
+            raise ValueError("several deployments can only stream; send 'stream': true")
         return value
 
     @property

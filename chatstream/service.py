@@ -7,9 +7,10 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from chains import ChainContext, ChainRegistry, default_registry
-from chatstream import errors
+from chains import ChainContext, ChainRegistry, ChainSpec, default_registry
+from chatstream import errors, telemetry
 from chatstream.diagnostics import live_runs
+from chatstream.fanout import MultiRun
 from chatstream.models import ConfigurationError, ModelTarget, build_model
 from chatstream.runner import ChainRun
 from chatstream.schema import ChatRequest, Limits, Message
@@ -35,15 +36,20 @@ class ChatService:
         target: ModelTarget | None,
         registry: ChainRegistry | None = None,
         config_error: str | None = None,
+        simulator_url: str | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
+        self.simulator_url = simulator_url
+        #: One model per deployment named in requests, built on first use and kept (its HTTP pool too).
+        self.targets: dict[str, ModelTarget] = {target.deployment: target} if target else {}
         self.registry = registry or default_registry()
         self.config_error = config_error
         self.limits = Limits(
             max_messages=settings.max_messages,
             max_content_chars=settings.max_content_chars,
             max_tokens=settings.max_tokens_limit,
+            max_deployments=settings.max_request_deployments,
         )
 
     @classmethod
@@ -65,33 +71,88 @@ class ChatService:
             target.deployment,
             target.endpoint,
         )
-        return cls(settings, target)
+        return cls(settings, target, simulator_url=simulator_url)
 
-    def run(self, request: ChatRequest, request_id: str) -> ChainRun:
-        """Raises `ChatError` for an unknown chain or a misconfigured model."""
+    def _target(self, deployment: str) -> ModelTarget:
+        target = self.targets.get(deployment)
+        if target is None:
+            try:
+                target = build_model(self.settings, self.simulator_url, deployment)
+            except ConfigurationError as exc:
+                raise errors.not_configured(str(exc)) from None
+            self.targets[deployment] = target
+        return target
+
+    def _deployments(self, request: ChatRequest) -> list[str]:
+        assert self.target is not None
+        if not request.deployments:
+            return [self.target.deployment]
+        allowed = self.settings.allowed_deployments
+        unknown = [name for name in request.deployments if name not in allowed]
+        if unknown:
+            raise errors.unknown_deployment(unknown, allowed)
+        return request.deployments
+
+    def run(self, request: ChatRequest, request_id: str) -> ChainRun | MultiRun:
+        """Raises `ChatError` for an unknown chain or deployment, or a misconfigured model.
+
+        One deployment gives a `ChainRun`; several give a `MultiRun` that streams them all at once.
+        """
         chain_name = request.chain or self.settings.default_chain
         spec = self.registry.get(chain_name)
         if spec is None:
             raise errors.unknown_chain(chain_name, self.registry.names())
         if self.target is None:
             raise errors.not_configured(self.config_error or "unknown reason")
+        deployments = self._deployments(request)
+        runs = [self._run_one(spec, chain_name, request, request_id, name) for name in deployments]
+        if len(runs) == 1:
+            return runs[0]
+        return MultiRun(runs, request_id=request_id, chain_name=chain_name)
+
+    def _run_one(
+        self, spec: ChainSpec, chain_name: str, request: ChatRequest, request_id: str, deployment: str
+    ) -> ChainRun:
+        target = self._target(deployment)
         options: dict[str, Any] = {}
         max_tokens = request.max_tokens or self.settings.default_max_tokens
         if max_tokens is not None:
             options["max_tokens"] = max_tokens
         if request.temperature is not None:
             options["temperature"] = request.temperature
-        model = self.target.model.bind(**options) if options else self.target.model
-        chain = spec.build(ChainContext(model=model, system_prompt=self.settings.system_prompt))
+        model = target.model.bind(**options) if options else target.model
+        context = ChainContext(
+            model=model,
+            system_prompt=self.settings.system_prompt,
+            chat_model=target.model,
+            model_options=options,
+            tool_max_rounds=self.settings.tool_max_rounds,
+            rag_top_k=self.settings.rag_top_k,
+        )
+        chain = spec.build(context)
         conversation = request.conversation
         inputs = {"history": _history(conversation[:-1]), "question": conversation[-1].content}
+        span = telemetry.start_span(
+            f"chat {chain_name}",
+            {
+                "chat.request_id": request_id,
+                "chat.chain": chain_name,
+                "chat.deployment": target.deployment,
+                "gen_ai.operation.name": "chat",
+                "chat.stream": request.stream,
+            },
+        )
         run = ChainRun(
+            span=span,
             chain=chain,
             inputs=inputs,
             request_id=request_id,
             chain_name=chain_name,
-            deployment=self.target.deployment,
-            config={"run_name": f"chat:{chain_name}", "metadata": {"request_id": request_id}},
+            deployment=target.deployment,
+            config={
+                "run_name": f"chat:{chain_name}",
+                "metadata": {"request_id": request_id, "deployment": target.deployment},
+            },
             max_retries=self.settings.upstream_max_retries,
             retry_window=self.settings.first_event_wait_seconds,
             log_content=self.settings.log_content,

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     first_event_wait_seconds: float = Field(5.0, ge=0, alias="CHAT_FIRST_EVENT_WAIT_SECONDS")
     heartbeat_seconds: float = Field(15.0, ge=0, alias="CHAT_HEARTBEAT_SECONDS")
     deadline_seconds: float = Field(220.0, gt=0, alias="CHAT_DEADLINE_SECONDS")
+    #: Deployments a request may name in `deployments` (comma-separated); the configured one always is.
+    deployments: str = Field("", alias="CHAT_DEPLOYMENTS")
+    max_request_deployments: int = Field(4, ge=1, le=16, alias="CHAT_MAX_REQUEST_DEPLOYMENTS")
+    tool_max_rounds: int = Field(4, ge=1, le=16, alias="CHAT_TOOL_MAX_ROUNDS")
+    rag_top_k: int = Field(4, ge=1, le=20, alias="CHAT_RAG_TOP_K")
 
     # The embedded simulated deployment, used when no model endpoint is configured.
     simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
@@ -87,6 +92,18 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @property
+    def default_deployment(self) -> str:
+        """The deployment (or, on an OpenAI-compatible server, the model) requests use by default."""
+        if not self.azure_openai_endpoint and self.openai_base_url:
+            return self.openai_model or ""
+        return self.azure_openai_deployment
+
+    @property
+    def allowed_deployments(self) -> list[str]:
+        names = [self.default_deployment, *(n.strip() for n in self.deployments.split(","))]
+        return list(dict.fromkeys(n for n in names if n))
 
     @property
     def provider(self) -> Literal["azure", "openai", "simulator"]:

@@ -64,12 +64,23 @@ def paced_simulator() -> Iterator[SimulatorHandle]:
     handle.stop()
 
 
+#: Deployments the shared app allows besides gpt-4o-mini (the simulator fails `fault-<spec>` ones).
+EXTRA_DEPLOYMENTS = (
+    "gpt-4o",
+    "fault-drop-after=3",
+    "fault-400",
+    "fault-stall-after=4",
+    "fault-stall-after=6",
+)
+
+
 @pytest.fixture(scope="session")
 def _app(paced_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
     server = start_app(
         AZURE_OPENAI_ENDPOINT=paced_simulator.url,
         AZURE_OPENAI_API_KEY="test-key",
         AZURE_OPENAI_DEPLOYMENT="gpt-4o-mini",
+        CHAT_DEPLOYMENTS=",".join(EXTRA_DEPLOYMENTS),
     )
     yield server
     server.stop()
@@ -82,6 +93,55 @@ def app(_app: SubprocessServer, paced_simulator: SimulatorHandle) -> SubprocessS
         pytest.fail(f"the app process died:\n{_app.output}")
     paced_simulator.reset()
     return _app
+
+
+# --- Long, slow answers: enough time to press Stop or Ctrl-C in the middle (chat page, CLI). ---
+
+#: 150 tokens 40 ms apart: a 6 s answer, so anything that stops it early is plain to see.
+SLOW_ANSWER_TOKENS = 150
+
+
+@pytest.fixture(scope="session")
+def slow_simulator() -> Iterator[SimulatorHandle]:
+    handle = start_in_thread(
+        SimulatorConfig(ttft_ms=50, token_delay_ms=40, answer_tokens=SLOW_ANSWER_TOKENS, hold_seconds=10)
+    )
+    yield handle
+    handle.stop()
+
+
+def _slow_app_env(simulator: SimulatorHandle, deployment: str) -> dict[str, str]:
+    return {
+        "AZURE_OPENAI_ENDPOINT": simulator.url,
+        "AZURE_OPENAI_API_KEY": "test-key",
+        "AZURE_OPENAI_DEPLOYMENT": deployment,
+        "CHAT_UPSTREAM_MAX_RETRIES": "0",
+    }
+
+
+@pytest.fixture(scope="session")
+def _slow_app(slow_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
+    server = start_app(**_slow_app_env(slow_simulator, "gpt-4o-mini"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def slow_app(_slow_app: SubprocessServer, slow_simulator: SimulatorHandle) -> SubprocessServer:
+    """The app on the slow simulator (6 s answers); simulator stats are fresh for each test."""
+    if _slow_app.process.poll() is not None:
+        pytest.fail(f"the app process died:\n{_slow_app.output}")
+    slow_simulator.wait_idle()
+    slow_simulator.reset()
+    return _slow_app
+
+
+@pytest.fixture(scope="session")
+def faulty_app(slow_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
+    """The app on a deployment whose stream breaks after 5 chunks (an upstream failure mid-answer)."""
+    server = start_app(**_slow_app_env(slow_simulator, "fault-drop-after=5"))
+    yield server
+    server.stop()
 
 
 # --- Resilience: an app whose simulator takes per-request faults from the prompt (`[sim:SPEC]`). ---

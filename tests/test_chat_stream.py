@@ -253,3 +253,11 @@ def test_function_registration_route_methods_and_auth_level():
     assert functions["chat"]["route"] == "chat"
     assert functions["chat"]["methods"] == ["OPTIONS", "POST"]
     assert functions["chat"]["auth"] == "function"
+    # The chat page holds no secrets; it sends the key with each chat call instead.
+    assert {
+        f["name"]: (f["route"], f["methods"], f["auth"]) for f in functions.values() if f["name"] != "chat"
+    } == {
+        "ui": ("ui", ["GET"], "anonymous"),
+        "ui_asset": ("ui/{name}", ["GET"], "anonymous"),
+        "openapi": ("openapi.json", ["GET"], "anonymous"),
+    }

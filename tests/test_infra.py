@@ -78,6 +78,10 @@ OPTIONAL_IN_AZURE = {
     "CHAT_UPSTREAM_READ_TIMEOUT_SECONDS": "code default (30 s); override with extraAppSettings",
     "CHAT_ALLOW_ANONYMOUS": "secure default (FUNCTION auth level); opt in with extraAppSettings",
     "CHAT_DIAGNOSTICS": "test-only diagnostics route; must stay off in Azure",
+    "CHAT_DEPLOYMENTS": "defaults to the one deployment Bicep creates; list more with extraAppSettings",
+    "CHAT_MAX_REQUEST_DEPLOYMENTS": "request limit with a safe code default; override with extraAppSettings",
+    "CHAT_TOOL_MAX_ROUNDS": "code default (4); override with extraAppSettings",
+    "CHAT_RAG_TOP_K": "code default (4); override with extraAppSettings",
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_TOKEN_DELAY_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_PORT": "simulator only; Azure uses the real deployment",
@@ -85,9 +89,7 @@ OPTIONAL_IN_AZURE = {
 
 #: App settings Bicep already sets for settings announced for the app but not yet in
 #: chatstream/settings.py. Once one lands in Settings it is covered by the alias check instead.
-ANNOUNCED_SETTINGS = {
-    "CHAT_DEPLOYMENTS",
-}
+ANNOUNCED_SETTINGS: set[str] = set()
 
 #: Must never be app settings on Flex Consumption (runtime comes from functionAppConfig).
 FORBIDDEN_ON_FLEX = {
