@@ -30,13 +30,6 @@ async def chat(req: Request) -> Response:
     return await chat_endpoint.handle(req)
 
 
-# Chain names and allowed deployments (names only, no secrets), so clients can offer a choice.
-@app.route(route="chains", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
-async def chains(req: Request) -> Response:
-    """The registered chains and the deployments a request may name."""
-    return chat_endpoint.catalog(req)
-
-
 # The reference chat page. Anonymous: it holds no secrets; its chat calls carry the key themselves.
 @app.route(route="ui", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
 async def ui(req: Request) -> Response:
@@ -48,3 +41,10 @@ async def ui(req: Request) -> Response:
 async def ui_asset(req: Request) -> Response:
     """The page's scripts and styles."""
     return ui_assets().asset(req, req.path_params["name"])
+
+
+# Chain names and allowed deployments (names only, no secrets), so clients can offer a choice.
+@app.route(route="chains", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+async def chains(req: Request) -> Response:
+    """The registered chains and the deployments a request may name."""
+    return chat_endpoint.catalog(req)
