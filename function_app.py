@@ -48,6 +48,13 @@ async def ui_asset(req: Request) -> Response:
     return ui_assets().asset(req, req.path_params["name"])
 
 
+# Chain names and allowed deployments (names only, no secrets), so clients can offer a choice.
+@app.route(route="chains", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+async def chains(req: Request) -> Response:
+    """The registered chains and the deployments a request may name."""
+    return chat_endpoint.catalog(req)
+
+
 @app.route(route="openapi.json", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
 async def openapi(req: Request) -> Response:
     """The request and error schemas with this deployment's limits (no secrets, no settings)."""

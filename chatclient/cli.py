@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import httpx
 
 from chatclient.metrics import StreamMetrics
+from chatclient.render import TextPrinter
 from chatclient.stream import ChatHttpError, Message, ask, stream_chat
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -47,12 +48,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", metavar="FILE", help="earlier conversation to continue ('-': stdin)")
     parser.add_argument("--save", metavar="FILE", help="write the conversation, with this answer, to FILE")
     parser.add_argument("--system", help="a system prompt, sent first")
-    parser.add_argument("--chain", help="a registered chain name")
+    parser.add_argument("--chain", help="a registered chain name (chat, tools, rag: GET /api/chains)")
+    parser.add_argument(
+        "--deployments",
+        type=_names,
+        metavar="A,B",
+        help="deployments that answer (comma-separated); several: each answer printed as a block",
+    )
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--events", action="store_true", help="print every event as one JSON line instead")
     parser.add_argument("--no-metrics", action="store_true", help="do not print the metrics line")
     return parser.parse_args(argv)
+
+
+def _names(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one deployment name")
+    return names
 
 
 def _load_messages(source: str, stdin: TextIO) -> list[Message]:
@@ -81,48 +95,47 @@ def build_messages(args: argparse.Namespace, stdin: TextIO) -> list[Message]:
 
 
 async def run(
-    args: argparse.Namespace, messages: list[Message], metrics: StreamMetrics, out: TextIO, answer: list[str]
+    args: argparse.Namespace,
+    messages: list[Message],
+    metrics: StreamMetrics,
+    out: TextIO,
+    answer: list[str],
+    printer: TextPrinter | None = None,
 ) -> int:
-    """Ask once; the answer's text is appended to `answer` as it arrives."""
+    """Ask once; the answer's text (the first deployment's) is appended to `answer`."""
     options: dict[str, Any] = {
         "key": args.key,
         "chain": args.chain,
+        "deployments": args.deployments,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
     }
-    failed = False
+    # With --events the printer only keeps score (and reports errors); the events are the output.
+    printer = printer or TextPrinter(out, sys.stderr, metrics, not args.no_metrics, quiet=args.events)
     if args.format == "json":
         result = await ask(args.url, messages, **options)
         metrics.observe_answer(result)
         if args.events:
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
         else:
+            for event in result.get("events", []):  # tool calls, progress, sources
+                printer.handle({"deployment": result.get("deployment"), **event})
             out.write(result.get("content", "") + "\n")
         answer.append(result.get("content", ""))
-    else:
-        ended = False
-        async for event in stream_chat(args.url, messages, format=args.format, **options):
-            metrics.observe(event)
-            kind = event.get("type")
-            if args.events:
-                out.write(json.dumps(event, ensure_ascii=False) + "\n")
-            elif kind == "delta":
-                out.write(event.get("delta_content", ""))
-            if kind == "delta":
-                answer.append(event.get("delta_content", ""))
-            elif kind == "error":
-                failed = True
-                print(f"\nerror ({event.get('code')}): {event.get('message')}", file=sys.stderr)
-            elif kind == "end":
-                ended = True
+        out.flush()
+        return EXIT_OK
+    async for event in stream_chat(args.url, messages, format=args.format, **options):
+        metrics.observe(event)
+        if args.events:
+            out.write(json.dumps(event, ensure_ascii=False) + "\n")
             out.flush()
-        if not args.events:
-            out.write("\n")
-        if not ended:
-            failed = True
-            print("error: the stream ended before its end event", file=sys.stderr)
+        printer.handle(event)
+    printer.finish()
+    answer.append(printer.answer)
+    if not printer.ended:
+        print("error: the stream ended before its end event", file=sys.stderr)
     out.flush()
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if printer.failed or not printer.ended else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,12 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     metrics = StreamMetrics()
+    printer = TextPrinter(sys.stdout, sys.stderr, metrics, not args.no_metrics, quiet=args.events)
     code = EXIT_FAILED
     answer: list[str] = []
     try:
         # On Ctrl-C, asyncio.run cancels the task: leaving `async with` closes the connection,
         # the app sees the disconnect and cancels the model call. Then KeyboardInterrupt surfaces here.
-        code = asyncio.run(run(args, messages, metrics, sys.stdout, answer))
+        code = asyncio.run(run(args, messages, metrics, sys.stdout, answer, printer))
     except KeyboardInterrupt:
         print("\ncancelled", file=sys.stderr)
         code = EXIT_CANCELLED
@@ -152,5 +166,5 @@ def main(argv: list[str] | None = None) -> int:
         conversation = [*messages, {"role": "assistant", "content": "".join(answer)}]
         Path(args.save).write_text(json.dumps(conversation, ensure_ascii=False, indent=2) + "\n", "utf-8")
     if not args.no_metrics:
-        print(metrics.summary(), file=sys.stderr)
+        print(printer.summary(), file=sys.stderr)
     return code

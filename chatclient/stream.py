@@ -58,6 +58,17 @@ def chat_url(url: str) -> str:
     return url if path.endswith("/chat") else f"{url}/api/chat"
 
 
+def _options(
+    chain: str | None, deployments: Sequence[str] | None, max_tokens: int | None, temperature: float | None
+) -> dict[str, Any]:
+    return {
+        "chain": chain,
+        "deployments": list(deployments) if deployments else None,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+
+
 def _request(
     messages: Sequence[Message], key: str | None, options: dict[str, Any], stream: bool
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -75,18 +86,20 @@ async def stream_chat(
     format: StreamFormat = "sse",
     client: httpx.AsyncClient | None = None,
     chain: str | None = None,
+    deployments: Sequence[str] | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
 ) -> AsyncIterator[Event]:
     """Yield each event (`start`, `delta`, `error`, `end`, ...) as it arrives.
 
+    With several `deployments` their events arrive interleaved (tell them apart by `deployment`):
+    one `start`, an `end` per deployment, then `done`.
+
     Unknown event types are yielded too; skip what you do not handle. NDJSON `heartbeat`
     events are dropped (SSE heartbeats are comments that never surface). Raises
     ChatHttpError for an HTTP error answer.
     """
-    headers, body = _request(
-        messages, key, {"chain": chain, "max_tokens": max_tokens, "temperature": temperature}, True
-    )
+    headers, body = _request(messages, key, _options(chain, deployments, max_tokens, temperature), True)
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
     try:
@@ -124,13 +137,12 @@ async def ask(
     key: str | None = None,
     client: httpx.AsyncClient | None = None,
     chain: str | None = None,
+    deployments: Sequence[str] | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
 ) -> dict[str, Any]:
     """One JSON answer (`"stream": false`): `{id, content, finish_reason, usage, ...}`."""
-    headers, body = _request(
-        messages, key, {"chain": chain, "max_tokens": max_tokens, "temperature": temperature}, False
-    )
+    headers, body = _request(messages, key, _options(chain, deployments, max_tokens, temperature), False)
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
     try:

@@ -158,6 +158,10 @@ class ChatEndpoint:
             log.exception("chat request failed request_id=%s", request_id)
             return error_response(errors.internal_error(), request_id, cors)
 
+    def catalog(self, request: Request) -> Response:
+        """The chains and deployments a request may name; `no-cache` so a changed setting shows at once."""
+        return JSONResponse(self.service.catalog(), headers={"Cache-Control": "no-cache"})
+
     async def _stream(self, request: Request, run: ChainRun | MultiRun, cors: dict[str, str]) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""

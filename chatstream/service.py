@@ -73,6 +73,19 @@ class ChatService:
         )
         return cls(settings, target, simulator_url=simulator_url)
 
+    def catalog(self) -> dict[str, Any]:
+        """What a client may choose (`GET /api/chains`): chain names and the deployment allow-list.
+
+        Names only, no endpoints or keys, so it can be served without a function key.
+        """
+        return {
+            "chains": [{"name": s.name, "description": s.description} for s in self.registry.specs()],
+            "default_chain": self.settings.default_chain,
+            "deployments": self.settings.allowed_deployments,
+            "default_deployment": self.settings.default_deployment or None,
+            "max_request_deployments": self.settings.max_request_deployments,
+        }
+
     def _target(self, deployment: str) -> ModelTarget:
         target = self.targets.get(deployment)
         if target is None:

@@ -253,10 +253,11 @@ def test_function_registration_route_methods_and_auth_level():
     assert functions["chat"]["route"] == "chat"
     assert functions["chat"]["methods"] == ["OPTIONS", "POST"]
     assert functions["chat"]["auth"] == "function"
-    # The chat page holds no secrets; it sends the key with each chat call instead.
+    # The chat page and the chain catalog hold no secrets; the page sends the key with each chat call.
     assert {
         f["name"]: (f["route"], f["methods"], f["auth"]) for f in functions.values() if f["name"] != "chat"
     } == {
+        "chains": ("chains", ["GET"], "anonymous"),
         "ui": ("ui", ["GET"], "anonymous"),
         "ui_asset": ("ui/{name}", ["GET"], "anonymous"),
         "openapi": ("openapi.json", ["GET"], "anonymous"),

@@ -196,3 +196,44 @@ def test_ctrl_c_cancels_and_the_model_call_is_closed(slow_app, slow_simulator):
     record = slow_simulator.last_request()
     assert record["outcome"] == "client_closed"
     assert record["chunks_sent"] < SLOW_ANSWER_TOKENS
+
+
+# --- Chains and several deployments ---------------------------------------------------------------
+
+
+def test_cli_tools_chain_prints_the_tool_call_and_the_answer(app):
+    question = "What is 12 * (3 + 4)?"
+    result = cli(question, "--url", app.url, "--chain", "tools", "--no-metrics")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["tool: calculator(expression='12 * (3 + 4)') -> 84"]
+    body = {"user": question, "chain": "tools", "stream": False}
+    expected = httpx.post(f"{app.url}/api/chat", json=body, timeout=30).json()
+    assert result.stdout == expected["content"] + "\n", "stdout holds the answer and nothing else"
+
+
+def test_cli_rag_chain_prints_progress_and_sources_on_stderr(app):
+    result = cli("How do heartbeats keep streams open?", "--url", app.url, "--chain", "rag", "--no-metrics")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("progress: Searching") and lines[1].startswith("progress: Found")
+    assert lines[2] == "sources:" and lines[3].startswith("  [1] ") and lines[-1].startswith("progress: Gen")
+    assert result.stdout.strip() and "progress" not in result.stdout
+
+
+def test_cli_several_deployments_print_each_answer_as_a_block(app):
+    result = cli("compare yourselves", "--url", app.url, "--deployments", "gpt-4o-mini,gpt-4o,fault-400")
+    assert result.returncode == 1, "one deployment failed"
+    expected = reference_answer(app.url, [{"role": "user", "content": "compare yourselves"}])
+    blocks = {}
+    for block in result.stdout.split("=== ")[1:]:
+        name, _, text = block.partition(" ===\n")
+        blocks[name] = text.removesuffix("\n\n")
+    assert blocks == {"gpt-4o-mini": expected["content"], "gpt-4o": expected["content"], "fault-400": ""}
+    usage = expected["usage"]
+    for name in ("gpt-4o-mini", "gpt-4o"):
+        assert f"[{name}] first token" in result.stderr
+        assert f"usage {usage['prompt_tokens']} in + {usage['completion_tokens']} out" in result.stderr
+    assert "[fault-400] error (upstream_rejected)" in result.stderr
+    assert result.stderr.endswith("3 deployments answered, 1 failed\n")
+    bad = cli("hi", "--url", app.url, "--deployments", "gpt-4o-mini,nope")
+    assert bad.returncode == 1 and "unknown_deployment" in bad.stderr

@@ -261,3 +261,114 @@ def test_multi_turn_history_phone_width_and_screenshot(page, app, paced_simulato
     assert page.locator("#send").is_visible() and page.locator("#prompt").is_visible()
     page.screenshot(path=str(ARTIFACTS / "chat-page-phone.png"))
     assert (ARTIFACTS / "chat-page.png").stat().st_size > 10_000
+
+
+# --- Chains and several deployments ---------------------------------------------------------------
+
+
+def choose_chain(page: Any, chain: str) -> None:
+    page.wait_for_selector(f'#chain option[value="{chain}"]', state="attached")  # the catalog loaded
+    page.select_option("#chain", chain)
+
+
+def test_tools_chain_shows_the_tool_call_line_and_the_answer(page, app):
+    open_chat(page, app.url)
+    choose_chain(page, "tools")
+    with page.expect_request("**/api/chat") as request:
+        page.fill("#prompt", "What is 12 * (3 + 4)?")
+        page.press("#prompt", "Enter")
+    assert request.value.post_data_json["chain"] == "tools"
+    assert "deployments" not in request.value.post_data_json  # only the default one is ticked
+    assert wait_state(page, "done", "error", "stopped") == "done"
+    calls = last_turn(page).locator(".tools li")
+    assert calls.all_text_contents() == ["calculator(expression='12 * (3 + 4)') → 84"]
+    assert calls.first.get_attribute("data-state") == "done"
+    body = {"user": "What is 12 * (3 + 4)?", "chain": "tools", "stream": False}
+    expected = httpx.post(f"{app.url}/api/chat", json=body, timeout=30).json()
+    assert answer_text(page) == expected["content"] and expected["content"].startswith("Tool results")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-page-tools.png"))
+
+
+def test_rag_chain_shows_progress_then_citations_then_the_answer(page, app):
+    open_chat(page, app.url)
+    choose_chain(page, "rag")
+    page.evaluate(
+        """() => {
+        window.__seen = [];
+        new MutationObserver(() => {
+            const turn = document.querySelector('.msg.assistant');
+            if (!turn) return;
+            const progress = turn.querySelector('.progress')?.textContent ?? '';
+            const sources = turn.querySelectorAll('.citations li').length;
+            const text = turn.querySelector('.text')?.textContent.length ?? 0;
+            window.__seen.push([progress, sources, text]);
+        }).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true});
+    }"""
+    )
+    question = "How do heartbeats keep streams open?"
+    page.fill("#prompt", question)
+    page.press("#prompt", "Enter")
+    assert wait_state(page, "done", "error", "stopped") == "done"
+    seen = page.evaluate("() => window.__seen")
+    progress = [p for p, _, _ in seen if p]
+    assert progress[0].startswith("Searching") and any(p.startswith("Found") for p in progress)
+    first_progress = next(i for i, (p, _, _) in enumerate(seen) if p)
+    first_source = next(i for i, (_, n, _) in enumerate(seen) if n)
+    first_text = next(i for i, (_, _, n) in enumerate(seen) if n)
+    assert first_progress < first_source < first_text, "progress, then citations, then the answer"
+    assert not last_turn(page).locator(".progress").is_visible(), "the status line goes once it ended"
+
+    body = {"user": question, "chain": "rag", "stream": False}
+    expected = httpx.post(f"{app.url}/api/chat", json=body, timeout=30).json()
+    citations = next(e for e in expected["events"] if e["type"] == "citations")["citations"]
+    items = last_turn(page).locator(".citations li")
+    assert items.all_text_contents() == [f"{c['title']} — {c['source']}" for c in citations]
+    assert [int(items.nth(i).get_attribute("value")) for i in range(items.count())] == [
+        c["number"] for c in citations
+    ]
+    assert answer_text(page) == expected["content"]
+
+
+def test_several_deployments_answer_side_by_side_each_with_its_own_end(page, app):
+    open_chat(page, app.url)
+    page.wait_for_selector("#deployments:not([hidden])")
+    page.click("#deployments summary")
+    page.check('#deployment-list input[value="gpt-4o"]')
+    page.check('#deployment-list input[value="fault-drop-after=3"]')
+    assert page.text_content("#deployments-summary") == "gpt-4o-mini + gpt-4o + fault-drop-after=3"
+    with page.expect_request("**/api/chat") as request:
+        page.fill("#prompt", "compare yourselves")
+        page.press("#prompt", "Enter")
+    wanted = ["gpt-4o-mini", "gpt-4o", "fault-drop-after=3"]
+    assert request.value.post_data_json["deployments"] == wanted
+    assert wait_state(page, "done", "error", "stopped") == "done"
+    turn = last_turn(page)
+    outputs = turn.locator(".output")
+    assert [outputs.nth(i).get_attribute("data-deployment") for i in range(3)] == wanted
+    assert turn.locator(".output .deployment").all_text_contents() == wanted
+
+    expected = reference_answer(app.url, [{"role": "user", "content": "compare yourselves"}])
+    usage = expected["usage"]
+    for i in (0, 1):  # both healthy deployments: the whole answer and their own usage
+        assert outputs.nth(i).locator(".text").text_content() == expected["content"]
+        assert outputs.nth(i).locator(".meta").text_content() == (
+            f"{usage['prompt_tokens']} in + {usage['completion_tokens']} out = {usage['total_tokens']} · stop"
+        )
+        assert outputs.nth(i).locator("[role=alert]").count() == 0
+    failed = outputs.nth(2)
+    assert failed.locator("[role=alert]").text_content().startswith("Error (upstream_")
+    assert failed.locator(".meta").text_content().endswith("error")
+    assert expected["content"].startswith(failed.locator(".text").text_content())
+    assert "1 of 3 deployments failed." in turn.locator(".status").text_content()
+
+    # Columns on a wide screen, stacked on a phone.
+    first, second = (outputs.nth(i).bounding_box() for i in (0, 1))
+    assert abs(first["y"] - second["y"]) < 2 and second["x"] >= first["x"] + first["width"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-page-deployments.png"))
+    page.set_viewport_size({"width": 375, "height": 720})
+    first, second = (outputs.nth(i).bounding_box() for i in (0, 1))
+    assert second["y"] >= first["y"] + first["height"] and abs(first["x"] - second["x"]) < 2
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
