@@ -5,14 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check-python venv bench bench-smoke clean
+.PHONY: run test lint check-python venv browser bench bench-smoke clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; ok = (3, 10) <= v <= (3, 12); \
 	  sys.exit(0 if ok else "Python %d.%d is not supported by the Azure Functions Python worker this app targets;" \
 	  " install Python 3.11 (what we deploy) or 3.10/3.12, or run make PYTHON=/path/to/python3.11" % v)'
 
-$(STAMP): requirements.txt requirements-dev.txt | check-python
+$(STAMP): requirements.txt requirements-dev.txt requirements-client.txt | check-python
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -25,7 +25,16 @@ run: $(STAMP)
 	  echo "Created local.settings.json from local.settings.json.example (simulated deployment)."; }
 	$(PY) -m funchost
 
-test: $(STAMP)
+# The chat page's browser tests drive Debian's chromium; install it when missing and we can (root + apt).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium: the browser tests will skip (or fail under CI=true)"; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

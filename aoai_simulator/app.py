@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -45,6 +46,13 @@ _WATCHED_WAIT_S = 0.05
 _AZURE_PREFIX = "/openai/deployments/"
 _COMPLETIONS_SUFFIX = "/chat/completions"
 _OPENAI_PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
+#: What Azure sends when generation fails after the stream started (then it ends the body).
+_STREAM_ERROR_EVENT = (
+    b'data: {"error":{"code":"server_error","message":"The server had an error while processing your '
+    b'request. Sorry about that!"}}\n\n'
+)
+#: `[sim:SPEC]` in the last message (only with `prompt_faults`); SPEC has no brackets.
+_PROMPT_FAULT = re.compile(r"\[sim:([^\[\]]*)\]")
 
 
 class _HTTPError(Exception):
@@ -329,9 +337,13 @@ class SimulatorApp:
         ttft = _int_header(scope, "x-sim-ttft-ms")
         delay = _int_header(scope, "x-sim-token-delay-ms")
 
-        plan = self._fault_plan(scope, deployment, raw, record)
+        plan = self._fault_plan(scope, deployment, raw, record, messages)
         if plan.slow_first_token_ms is not None:
             ttft = plan.slow_first_token_ms
+        if plan.tokens is not None:
+            answer_len = min(plan.tokens, config.max_answer_tokens)
+        if plan.token_delay_ms is not None:
+            delay = plan.token_delay_ms
 
         estimate = record.prompt_tokens + (max_tokens if max_tokens is not None else answer_len)
         decision = self.limiter.check(deployment, estimate)
@@ -396,8 +408,22 @@ class SimulatorApp:
                 raise _HTTPError(400, errors.invalid_request(f"'{name}' must be a positive integer.", name))
         return body
 
-    def _fault_plan(self, scope: Scope, deployment: str, raw: bytes, record: RequestRecord) -> FaultPlan:
-        spec = _header(scope, b"x-sim-fault") or self.config.fault_for_deployment(deployment) or ""
+    def _prompt_fault(self, messages: list[Any]) -> str | None:
+        if not self.config.prompt_faults:
+            return None
+        content = messages[-1].get("content")
+        match = _PROMPT_FAULT.search(content) if isinstance(content, str) else None
+        return match.group(1) if match else None
+
+    def _fault_plan(
+        self, scope: Scope, deployment: str, raw: bytes, record: RequestRecord, messages: list[Any]
+    ) -> FaultPlan:
+        spec = (
+            _header(scope, b"x-sim-fault")
+            or self._prompt_fault(messages)
+            or self.config.fault_for_deployment(deployment)
+            or ""
+        )
         if not spec.strip():
             return FaultPlan()
         try:
@@ -412,8 +438,8 @@ class SimulatorApp:
                 or hashlib.sha256(b"\0".join((plan.spec.encode(), deployment.encode(), raw))).hexdigest()
             )
             record.attempt = self.attempts.next_attempt(key)
-            if record.attempt > plan.times:
-                return FaultPlan(spec=plan.spec)
+            if record.attempt > plan.times:  # the fault is spent; the pacing still applies
+                return FaultPlan(spec=plan.spec, tokens=plan.tokens, token_delay_ms=plan.token_delay_ms)
         return plan
 
     @staticmethod
@@ -568,7 +594,7 @@ class SimulatorApp:
             await self._stream_tool_calls(request, send, watcher, encoder)
             return
         limit = len(tokens)
-        for name in ("stall_after", "drop_after"):
+        for name in ("stall_after", "drop_after", "error_after"):
             value = getattr(plan, name)
             if value is not None:
                 limit = min(limit, value)
@@ -609,6 +635,10 @@ class SimulatorApp:
         if plan.drop_after is not None and plan.drop_after < len(tokens):
             record.outcome = "dropped"
             await _abort_connection(send)
+            return
+        if plan.error_after is not None and plan.error_after < len(tokens):
+            record.outcome = "error"
+            await send({"type": "http.response.body", "body": _STREAM_ERROR_EVENT, "more_body": False})
             return
 
         tail = [encoder.content_filtered() if finish == "content_filter" else encoder.finish(finish)]

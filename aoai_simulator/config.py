@@ -45,6 +45,9 @@ class SimulatorConfig:
     deployment_faults: Mapping[str, str] = field(default_factory=dict)
     #: Deployments named `<prefix><spec>` (e.g. `fault-429`) get fault `<spec>`; empty string disables.
     fault_deployment_prefix: str = "fault-"
+    #: Read a `[sim:SPEC]` marker in the last message's content as that request's fault spec, for
+    #: callers that forward the prompt but not our headers (the chat app in end-to-end tests).
+    prompt_faults: bool = False
     #: Optional per-deployment limits over a sliding 60 s window; None means unlimited.
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None

@@ -12,6 +12,9 @@ Grammar (header `x-sim-fault`, or a deployment-bound spec)::
              | "drop-after=" N             -- close the connection abruptly after N content chunks
              | "content-filter-prompt"     -- Azure's 400 content_filter error for the prompt
              | "content-filter-after=" N   -- finish_reason content_filter after N content chunks
+             | "error-after=" N            -- an in-stream `{"error": ...}` event after N content chunks
+             | "tokens=" N                 -- answer length (pacing, not a fault: for callers without headers)
+             | "token-delay=" MS           -- delay between tokens (likewise)
 
 Items combine, e.g. `slow-first-token=2000;drop-after=5` or `503;times=2`.
 """
@@ -43,6 +46,9 @@ class FaultPlan:
     content_filter_prompt: bool = False
     content_filter_after: int | None = None
     times: int | None = None
+    error_after: int | None = None
+    tokens: int | None = None
+    token_delay_ms: float | None = None
 
     @property
     def before_headers(self) -> bool:
@@ -116,6 +122,12 @@ def parse_fault(spec: str) -> FaultPlan:
             fields["content_filter_prompt"] = True
         elif name == "content-filter-after":
             fields["content_filter_after"] = _int(value, item)
+        elif name == "error-after":
+            fields["error_after"] = _int(value, item)
+        elif name == "tokens":
+            fields["tokens"] = _int(value, item)
+        elif name == "token-delay":
+            fields["token_delay_ms"] = _float(value, item)
         else:
             raise FaultSpecError(f"unknown fault {item!r}")
     return FaultPlan(**fields)  # type: ignore[arg-type]

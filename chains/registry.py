@@ -70,3 +70,7 @@ class ChainRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    def specs(self) -> list[ChainSpec]:
+        """Every chain, by name."""
+        return [self._specs[name] for name in self.names()]

@@ -6,14 +6,18 @@ Nothing here is Azure-specific; `function_app.py` only routes to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from chatstream import encoding, errors
+from chatstream.cors import CorsPolicy
 from chatstream.errors import ChatError
 from chatstream.events import Event
 from chatstream.fanout import MultiRun
@@ -23,6 +27,7 @@ from chatstream.schema import ChatRequest
 from chatstream.service import ChatService
 
 log = logging.getLogger("chatstream.endpoint")
+T = TypeVar("T")
 
 #: Headers that keep proxies and browsers from buffering or transforming the stream.
 STREAM_HEADERS = {
@@ -36,8 +41,15 @@ def request_id_for(request: Request) -> str:
     return request.headers.get("x-ms-invocation-id") or uuid.uuid4().hex
 
 
-def error_response(error: ChatError, request_id: str) -> JSONResponse:
-    headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **error.headers}
+def error_response(
+    error: ChatError, request_id: str, extra_headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = {
+        "X-Request-Id": request_id,
+        "Cache-Control": "no-store",
+        **error.headers,
+        **(extra_headers or {}),
+    }
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
@@ -70,28 +82,87 @@ def deadline_error(seconds: float) -> ChatError:
     )
 
 
+class ClientGone(Exception):
+    """The caller disconnected before there was anything to answer."""
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body was read already, so nothing else can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def _unless_client_leaves(request: Request, run: ChainRun, work: Awaitable[T]) -> T:
+    """Runs `work` but cancels it (and so the model call) as soon as the client disconnects."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when="FIRST_COMPLETED")
+        if not task.done():
+            await _cancel(task)
+            _mark_cancelled(run)
+            run.log_outcome()
+            raise ClientGone
+        return task.result()
+    except asyncio.CancelledError:
+        await _cancel(task)
+        raise
+    finally:
+        gone.cancel()
+
+
+def _mark_cancelled(run: ChainRun | MultiRun) -> None:
+    """For a run cancelled before its generator ever ran (a MultiRun marks its own runs)."""
+    if isinstance(run, ChainRun) and run.outcome == "running":
+        run.outcome = "cancelled"
+
+
 class ChatEndpoint:
     def __init__(self, service: ChatService) -> None:
         self.service = service
+        self.cors = CorsPolicy(service.settings.cors_origin_list)
 
     async def handle(self, request: Request) -> Response:
         request_id = request_id_for(request)
+        if request.method == "OPTIONS":
+            return self.cors.preflight(request, request_id)
+        cors = self.cors.headers(request)
         try:
             body = await read_body(request, self.service.settings.max_body_bytes)
             chat_request = parse_request(body, self.service)
             run = self.service.run(chat_request, request_id)
             if not chat_request.stream:
                 assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
-                answer = await collect(run)
-                return JSONResponse(answer, headers={"X-Request-Id": request_id, "Cache-Control": "no-store"})
-            return await self._stream(request, run)
+                answer = await _unless_client_leaves(request, run, collect(run))
+                headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
+                return JSONResponse(answer, headers=headers)
+            return await self._stream(request, run, cors)
+        except ClientGone:
+            return Response(status_code=499, headers={"X-Request-Id": request_id})
         except ChatError as error:
-            return error_response(error, request_id)
+            log.info(
+                "chat rejected request_id=%s status=%d code=%s param=%s",
+                request_id,
+                error.status,
+                error.code,
+                error.param,
+            )
+            return error_response(error, request_id, cors)
         except Exception:
-            log.exception("chat request %s failed", request_id)
-            return error_response(errors.internal_error(), request_id)
+            log.exception("chat request failed request_id=%s", request_id)
+            return error_response(errors.internal_error(), request_id, cors)
 
-    async def _stream(self, request: Request, run: ChainRun | MultiRun) -> Response:
+    def catalog(self, request: Request) -> Response:
+        """The chains and deployments a request may name; `no-cache` so a changed setting shows at once."""
+        return JSONResponse(self.service.catalog(), headers={"Cache-Control": "no-cache"})
+
+    async def _stream(self, request: Request, run: ChainRun | MultiRun, cors: dict[str, str]) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
         settings = self.service.settings
@@ -99,11 +170,21 @@ class ChatEndpoint:
         deadline_at = loop.time() + settings.deadline_seconds
         stream = run.events()
         first: Event | asyncio.Task[Event] = asyncio.ensure_future(anext(stream))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            await asyncio.wait({first}, timeout=settings.first_event_wait_seconds)
-        except asyncio.CancelledError:
-            first.cancel()
+            await asyncio.wait(
+                {first, gone}, timeout=settings.first_event_wait_seconds, return_when="FIRST_COMPLETED"
+            )
+            if gone.done() and not first.done():
+                raise ClientGone
+        except (asyncio.CancelledError, ClientGone):
+            await _cancel(first)
+            await stream.aclose()
+            _mark_cancelled(run)
+            run.log_outcome()
             raise
+        finally:
+            gone.cancel()
         if first.done():
             try:
                 first = first.result()
@@ -118,5 +199,5 @@ class ChatEndpoint:
             heartbeat_seconds=settings.heartbeat_seconds,
             deadline_at=deadline_at,
             deadline_error=deadline_error(settings.deadline_seconds),
-            headers={**STREAM_HEADERS, "X-Request-Id": run.request_id},
+            headers={**STREAM_HEADERS, "X-Request-Id": run.request_id, **cors},
         )

@@ -45,6 +45,17 @@ def _check_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def client_options(settings: Settings) -> dict[str, object]:
+    """The SDK never retries: `ChainRun` does, before the first chunk only and within the first-event
+    wait (the SDK would sleep on any Retry-After up to 60 s). The read timeout bounds every silence
+    from the model, which is how a stall after the first chunk ends without per-chunk work."""
+    base = settings.request_timeout_seconds
+    return {
+        "max_retries": 0,
+        "timeout": openai.Timeout(base, read=settings.upstream_read_timeout_seconds),
+    }
+
+
 @lru_cache(maxsize=4)
 def _token_provider(client_id: str | None) -> Callable[[], Awaitable[str]]:
     """One credential per identity, shared by every deployment's model (one token cache)."""
@@ -55,17 +66,16 @@ def _token_provider(client_id: str | None) -> Callable[[], Awaitable[str]]:
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
-    """What every model gets: aiohttp under the SDK, and no per-chunk timeout wrapper.
+    """What every model gets: `client_options`, aiohttp under the SDK, no per-chunk timeout wrapper.
 
-    Stalls are still bounded: the HTTP read timeout (CHAT_UPSTREAM_TIMEOUT_SECONDS) applies between
-    any two reads of the stream. See docs/benchmarks.md for why these choices.
+    Stalls stay bounded without the wrapper: the HTTP read timeout applies between any two reads of
+    the stream (see `client_options`). See docs/benchmarks.md for why these choices.
     """
     return {
+        **client_options(settings),
         # Its aiohttp session is created on first use, in the loop that serves requests.
         "http_async_client": openai.DefaultAioHttpClient(),
         "stream_chunk_timeout": None,
-        "max_retries": settings.upstream_max_retries,
-        "timeout": settings.request_timeout_seconds,
         "stream_usage": True,
         "coalesce_deltas": settings.coalesce_deltas,
     }

@@ -26,6 +26,16 @@ log = logging.getLogger("chatstream.response")
 
 #: Closing tasks started while the response task itself was being cancelled (client gone).
 _closing: set[asyncio.Task[None]] = set()
+_active = 0
+
+
+def active_streams() -> int:
+    """Responses between their first byte and their last (for diagnostics)."""
+    return _active
+
+
+def closing_tasks() -> int:
+    return len(_closing)
 
 
 async def _no_body() -> AsyncIterator[bytes]:
@@ -79,6 +89,14 @@ class EventStreamResponse(StreamingResponse):
                 await self._write(send, heartbeat)
 
     async def stream_response(self, send: Send) -> None:
+        global _active
+        _active += 1
+        try:
+            await self._stream_response(send)
+        finally:
+            _active -= 1
+
+    async def _stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self._last_write = asyncio.get_running_loop().time()
         beat = None
@@ -90,9 +108,15 @@ class EventStreamResponse(StreamingResponse):
         try:
             closing: list[Event] = []
             try:
-                async with asyncio.timeout_at(self.deadline_at):
+                deadline_at = self.deadline_at
+                async with asyncio.timeout_at(deadline_at):
                     async for event in events:
                         await self._write(send, encode(event))
+                        # asyncio.timeout cancels once; a layer below that absorbs the cancellation
+                        # (langchain awaits a task per chunk) would let the stream run on. The clock
+                        # was read by _write anyway, so this check is free.
+                        if self._last_write >= deadline_at:
+                            raise TimeoutError
             except TimeoutError:
                 closing = self.run.fail(self.deadline_error)
             except ChatError as error:  # the model failed after the response was already committed

@@ -8,7 +8,9 @@ can still answer with a real status); after it, `in_band_errors` decides whether
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -57,8 +59,20 @@ def _text(content: Any) -> str:
 #: Events `"stream": false` leaves out of the answer's `events` list (they are its other fields).
 _NOT_IN_ANSWER = frozenset({"start", "delta", "end", "tool_call_delta"})
 
+#: Failures worth another attempt while nothing has been sent (the rest will not get better).
+RETRYABLE_CODES = frozenset(
+    {"rate_limited", "upstream_timeout", "upstream_unavailable", "upstream_error", "upstream_overloaded"}
+)
+_BACKOFF_BASE_SECONDS = 0.5
+_BACKOFF_CAP_SECONDS = 4.0
+_NOTHING: Any = object()
 
-@dataclass
+
+def content_filtered() -> ChatError:
+    return ChatError(200, "content_filter", "the answer was stopped by the content filter", retryable=False)
+
+
+@dataclass(eq=False)  # identity semantics: runs are tracked in a WeakSet
 class ChainRun:
     """One request's run; its fields are what the end event and the log line report."""
 
@@ -69,14 +83,21 @@ class ChainRun:
     deployment: str
     config: RunnableConfig | None = None
     in_band_errors: bool = True
+    #: Retries before the first chunk, each only if its wait ends within `retry_window` seconds
+    #: of the start (the first-event wait), so a failure still gets a real HTTP status.
+    max_retries: int = 0
+    retry_window: float = 0.0
+    log_content: bool = False
 
     finish_reason: str | None = None
     model: str | None = None
     usage: Usage | None = None
     deltas: int = 0
+    retries: int = 0
     outcome: str = "running"
     started_at: float = field(default_factory=time.perf_counter)
     first_delta_at: float | None = None
+    answer: list[str] | None = None
 
     started: bool = False
     logged: bool = False
@@ -99,43 +120,91 @@ class ChainRun:
         head = [] if self.started else [self._start_event()]
         return [*head, events.error(self.deployment, error), self._end_event()]
 
+    def _retry_delay(self, error: ChatError) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up now. The server's hint wins;
+        a hint that does not fit in the window is not slept on (the caller gets it as Retry-After)."""
+        if error.code not in RETRYABLE_CODES or self.retries >= self.max_retries:
+            return None
+        if error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            backoff = min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**self.retries)
+            delay = backoff * (0.5 + random.random() / 2)
+        if time.perf_counter() + delay > self.started_at + self.retry_window:
+            return None
+        return delay
+
+    async def _open(self) -> tuple[AsyncIterator[Any], Any]:
+        """The chain's stream and its first chunk, retrying failures that happen before it."""
+        while True:
+            stream = aiter(self.chain.astream(self.inputs, self.config))
+            try:
+                return stream, await anext(stream)
+            except StopAsyncIteration:
+                return stream, _NOTHING
+            except Exception as exc:
+                await _aclose(stream)
+                error = to_chat_error(exc, request_id=self.request_id)
+                delay = self._retry_delay(error)
+                if delay is None:
+                    raise error from exc
+                self.retries += 1
+                log.info(
+                    "chat retry request_id=%s attempt=%d code=%s wait_ms=%.0f",
+                    self.request_id,
+                    self.retries + 1,
+                    error.code,
+                    delay * 1000,
+                )
+                await asyncio.sleep(delay)
+            except BaseException:
+                await _aclose(stream)
+                raise
+
     async def events(self) -> AsyncIterator[Event]:
         deployment = self.deployment
+        stream: AsyncIterator[Any] | None = None
         try:
-            async for chunk in self.chain.astream(self.inputs, self.config):
-                if not self.started:
-                    yield self._start_event()
-                if isinstance(chunk, AIMessageChunk):
-                    text = _text(chunk.content)
-                    metadata = chunk.response_metadata
-                    if metadata:
-                        self.finish_reason = metadata.get("finish_reason", self.finish_reason)
-                        self.model = metadata.get("model_name", self.model)
-                    if chunk.usage_metadata:
-                        self.usage = _add_usage(self.usage, _usage(chunk.usage_metadata))
-                    if not text:
-                        refused = chunk.additional_kwargs.get("refusal") if chunk.additional_kwargs else None
-                        if refused:
-                            yield events.refusal(deployment, refused)
-                        for event in self._tool_call_events(chunk):
+            stream, chunk = await self._open()
+            yield self._start_event()
+            if chunk is not _NOTHING:
+                next_chunk = stream.__anext__
+                answer = self.answer = [] if self.log_content else None
+                while True:
+                    text = ""
+                    if isinstance(chunk, AIMessageChunk):
+                        text = _text(chunk.content)
+                        metadata = chunk.response_metadata
+                        if metadata:
+                            self.finish_reason = metadata.get("finish_reason", self.finish_reason)
+                            self.model = metadata.get("model_name", self.model)
+                        if chunk.usage_metadata:
+                            self.usage = _add_usage(self.usage, _usage(chunk.usage_metadata))
+                        if not text:
+                            refused = (
+                                chunk.additional_kwargs.get("refusal") if chunk.additional_kwargs else None
+                            )
+                            if refused:
+                                yield events.refusal(deployment, refused)
+                            for event in self._tool_call_events(chunk):
+                                yield event
+                    elif isinstance(chunk, str):
+                        text = chunk
+                    elif isinstance(chunk, dict):
+                        event = self._chain_event(chunk)
+                        if event is not None:
                             yield event
-                        continue
-                elif isinstance(chunk, str):
-                    text = chunk
-                elif isinstance(chunk, dict):
-                    event = self._chain_event(chunk)
-                    if event is not None:
-                        yield event
-                    continue
-                else:
-                    continue
-                if text:
-                    if self.first_delta_at is None:
-                        self.first_delta_at = time.perf_counter()
-                    self.deltas += 1
-                    yield events.delta(deployment, text)
-            if not self.started:
-                yield self._start_event()
+                    if text:
+                        if self.first_delta_at is None:
+                            self.first_delta_at = time.perf_counter()
+                        self.deltas += 1
+                        if answer is not None:
+                            answer.append(text)
+                        yield events.delta(deployment, text)
+                    try:
+                        chunk = await next_chunk()
+                    except StopAsyncIteration:
+                        break
             for event in self._complete_calls():
                 yield event
             self.outcome = "completed"
@@ -144,13 +213,22 @@ class ChainRun:
                 self.outcome = "cancelled"
             raise
         except Exception as exc:
-            error = to_chat_error(exc)
+            error = to_chat_error(exc, started=self.started, request_id=self.request_id)
             if not self.started or not self.in_band_errors:
                 self.outcome = f"error:{error.code}"
+                if error is exc:
+                    raise
                 raise error from exc
             for event in self.fail(error):
                 yield event
             return
+        finally:
+            if stream is not None:
+                await _aclose(stream)
+        if self.finish_reason == "content_filter":
+            self.outcome = "content_filter"
+            if self.in_band_errors:
+                yield events.error(deployment, content_filtered())
         yield self._end_event()
 
     # -- the rare cases, kept out of the per-delta path -------------------------------------------
@@ -203,20 +281,33 @@ class ChainRun:
         self.logged = True
         elapsed = time.perf_counter() - self.started_at
         ttft = (self.first_delta_at - self.started_at) if self.first_delta_at else None
+        # Azure reports usage in the last chunk only: a cancelled stream's completion tokens are
+        # estimated from its deltas (one chunk per token), which is what the model was paid for.
+        completion = self.usage["completion_tokens"] if self.usage else self.deltas
         with telemetry.use_span(self.span):
             log.info(
-                "chat %s request_id=%s chain=%s deployment=%s deltas=%d finish_reason=%s usage=%s "
-                "ttft_ms=%s duration_ms=%.0f",
+                "chat %s request_id=%s chain=%s deployment=%s deltas=%d completion_tokens=%d%s "
+                "finish_reason=%s usage=%s retries=%d ttft_ms=%s duration_ms=%.0f",
                 self.outcome,
                 self.request_id,
                 self.chain_name,
                 self.deployment,
                 self.deltas,
+                completion,
+                "" if self.usage else "(estimated)",
                 self.finish_reason,
                 self.usage,
+                self.retries,
                 f"{ttft * 1000:.0f}" if ttft is not None else "-",
                 elapsed * 1000,
             )
+            if self.log_content:
+                log.info(
+                    "chat content request_id=%s question=%r answer=%r",
+                    self.request_id,
+                    self.inputs.get("question"),
+                    "".join(self.answer or ()),
+                )
         telemetry.finish(self.span, self, ttft, elapsed)
 
 
@@ -233,7 +324,7 @@ async def collect(run: ChainRun) -> dict[str, Any]:
                 extra.append(event)
     finally:
         run.log_outcome()
-    if run.outcome != "completed":
+    if run.outcome not in ("completed", "content_filter"):
         raise ChatError(500, "internal_error", "the server failed to produce an answer")
     return {
         "id": run.request_id,
@@ -245,3 +336,10 @@ async def collect(run: ChainRun) -> dict[str, Any]:
         "usage": run.usage,
         **({"events": extra} if extra else {}),
     }
+
+
+async def _aclose(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()

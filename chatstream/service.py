@@ -9,6 +9,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from chains import ChainContext, ChainRegistry, ChainSpec, default_registry
 from chatstream import errors, telemetry
+from chatstream.diagnostics import live_runs
 from chatstream.fanout import MultiRun
 from chatstream.models import ConfigurationError, ModelTarget, build_model
 from chatstream.runner import ChainRun
@@ -71,6 +72,19 @@ class ChatService:
             target.endpoint,
         )
         return cls(settings, target, simulator_url=simulator_url)
+
+    def catalog(self) -> dict[str, Any]:
+        """What a client may choose (`GET /api/chains`): chain names and the deployment allow-list.
+
+        Names only, no endpoints or keys, so it can be served without a function key.
+        """
+        return {
+            "chains": [{"name": s.name, "description": s.description} for s in self.registry.specs()],
+            "default_chain": self.settings.default_chain,
+            "deployments": self.settings.allowed_deployments,
+            "default_deployment": self.settings.default_deployment or None,
+            "max_request_deployments": self.settings.max_request_deployments,
+        }
 
     def _target(self, deployment: str) -> ModelTarget:
         target = self.targets.get(deployment)
@@ -141,7 +155,7 @@ class ChatService:
                 "chat.stream": request.stream,
             },
         )
-        return ChainRun(
+        run = ChainRun(
             span=span,
             chain=chain,
             inputs=inputs,
@@ -152,4 +166,9 @@ class ChatService:
                 "run_name": f"chat:{chain_name}",
                 "metadata": {"request_id": request_id, "deployment": target.deployment},
             },
+            max_retries=self.settings.upstream_max_retries,
+            retry_window=self.settings.first_event_wait_seconds,
+            log_content=self.settings.log_content,
         )
+        live_runs.add(run)
+        return run

@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     max_content_chars: int = Field(16_000, ge=1, alias="CHAT_MAX_CONTENT_CHARS")
     max_tokens_limit: int = Field(4096, ge=1, alias="CHAT_MAX_TOKENS_LIMIT")
     default_max_tokens: int | None = Field(None, ge=1, alias="CHAT_DEFAULT_MAX_TOKENS")
+    #: Connect, write and connection-pool timeout of model calls.
     request_timeout_seconds: float = Field(60.0, gt=0, alias="CHAT_UPSTREAM_TIMEOUT_SECONDS")
+    #: Longest silence tolerated from the model (before headers, or between chunks): a stalled
+    #: stream ends with `upstream_timeout` after this, without any per-chunk work of ours.
+    upstream_read_timeout_seconds: float = Field(30.0, gt=0, alias="CHAT_UPSTREAM_READ_TIMEOUT_SECONDS")
+    #: Retries before the first chunk only, and only while they fit in the first-event wait.
     upstream_max_retries: int = Field(2, ge=0, le=10, alias="CHAT_UPSTREAM_MAX_RETRIES")
     first_event_wait_seconds: float = Field(5.0, ge=0, alias="CHAT_FIRST_EVENT_WAIT_SECONDS")
     heartbeat_seconds: float = Field(15.0, ge=0, alias="CHAT_HEARTBEAT_SECONDS")
@@ -62,6 +67,16 @@ class Settings(BaseSettings):
     #: 0 picks a free port; a fixed one lets you read the simulator's /_sim/stats.
     simulator_port: int = Field(0, ge=0, le=65535, alias="SIMULATOR_PORT")
 
+    # Security and operations.
+    #: Anonymous HTTP access to the chat function; default FUNCTION auth level (a key is required).
+    allow_anonymous: bool = Field(False, alias="CHAT_ALLOW_ANONYMOUS")
+    #: Comma-separated origins allowed by CORS (exact match, `*` allowed but not advised); empty: no CORS.
+    cors_origins: str = Field("", alias="CHAT_CORS_ORIGINS")
+    #: Log prompts and answers (they are personal data): off unless explicitly enabled.
+    log_content: bool = Field(False, alias="CHAT_LOG_CONTENT")
+    #: Serve `GET /api/_diag` (task count, RSS, open streams) for soak tests; off in production.
+    diagnostics: bool = Field(False, alias="CHAT_DIAGNOSTICS")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="CHAT_LOG_LEVEL")
 
     @field_validator("azure_openai_endpoint", "openai_base_url", "azure_openai_api_key", "openai_api_key")
@@ -75,6 +90,10 @@ class Settings(BaseSettings):
     def _blank_number_is_unset(cls, value: object) -> object:
         """An empty CHAT_DEFAULT_MAX_TOKENS (as in local.settings.json.example) means 'not set'."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def cors_origin_list(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     @property
     def default_deployment(self) -> str:

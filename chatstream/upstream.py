@@ -7,6 +7,7 @@ may help; the upstream's own message, URL and headers stay in our logs.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import openai
@@ -42,49 +43,84 @@ def _azure_error_code(exc: openai.APIStatusError) -> str | None:
     return None
 
 
-def to_chat_error(exc: BaseException) -> ChatError:
-    """Classify `exc`; the returned error's status is what the caller gets before any byte was sent."""
+def _rate_limited(exc: openai.APIStatusError) -> ChatError:
+    retry_after = _retry_after(exc.response.headers)
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+    return ChatError(
+        429,
+        "rate_limited",
+        "the model is rate limited; retry later",
+        retryable=True,
+        retry_after=retry_after,
+        headers=headers,
+    )
+
+
+def _status_error(exc: openai.APIStatusError) -> ChatError:
+    status = exc.status_code
+    if status == 429:
+        return _rate_limited(exc)
+    if status == 400 and _azure_error_code(exc) == "content_filter":
+        return ChatError(
+            400,
+            "content_filter",
+            "the prompt was blocked by the content filter; rephrase it",
+            retryable=False,
+        )
+    if status in (401, 403):
+        return ChatError(
+            502,
+            "upstream_auth_failed",
+            "the app is not allowed to call the model; check its identity and role",
+            retryable=False,
+        )
+    if status == 404:
+        return ChatError(
+            502, "deployment_not_found", "the configured model deployment does not exist", retryable=False
+        )
+    if status in (408, 504):
+        return ChatError(504, "upstream_timeout", "the model did not answer in time", retryable=True)
+    if status == 503:
+        retry_after = _retry_after(exc.response.headers)
+        return ChatError(
+            503,
+            "upstream_overloaded",
+            "the model service is overloaded; retry later",
+            retryable=True,
+            retry_after=retry_after,
+            headers={"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {},
+        )
+    if status >= 500:
+        return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)
+    return ChatError(502, "upstream_rejected", "the model service rejected the request", retryable=False)
+
+
+def to_chat_error(exc: BaseException, *, started: bool = False, request_id: str = "-") -> ChatError:
+    """Classify `exc`; the status is what the caller gets when nothing was sent yet (`started`
+    False), the code and message what an `error` event says after text went out."""
     if isinstance(exc, ChatError):
         return exc
+    log.warning(
+        "upstream failure request_id=%s started=%s: %s: %s", request_id, started, type(exc).__name__, exc
+    )
     if isinstance(exc, openai.APITimeoutError):
+        if started:
+            return ChatError(504, "upstream_timeout", "the model stopped sending mid-answer", retryable=True)
         return ChatError(504, "upstream_timeout", "the model did not answer in time", retryable=True)
     if isinstance(exc, openai.APIConnectionError):
+        if started:
+            return ChatError(
+                502,
+                "upstream_interrupted",
+                "the connection to the model service broke mid-answer",
+                retryable=True,
+            )
         return ChatError(
             502, "upstream_unavailable", "the model service could not be reached", retryable=True
         )
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status == 429:
-            retry_after = _retry_after(exc.response.headers)
-            headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else {}
-            return ChatError(
-                429,
-                "rate_limited",
-                "the model is rate limited; retry later",
-                retryable=True,
-                retry_after=retry_after,
-                headers=headers,
-            )
-        if status == 400 and _azure_error_code(exc) == "content_filter":
-            return ChatError(
-                400,
-                "content_filter",
-                "the prompt was blocked by the content filter; rephrase it",
-                retryable=False,
-            )
-        if status in (401, 403):
-            return ChatError(
-                502,
-                "upstream_auth_failed",
-                "the app is not allowed to call the model; check its identity and role",
-                retryable=False,
-            )
-        if status == 404:
-            return ChatError(
-                502, "deployment_not_found", "the configured model deployment does not exist", retryable=False
-            )
-        if status >= 500:
-            return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)
-        return ChatError(502, "upstream_rejected", "the model service rejected the request", retryable=False)
-    log.error("unexpected failure while streaming", exc_info=exc)
+        return _status_error(exc)
+    if isinstance(exc, openai.APIError):  # an error object inside the stream
+        return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)
+    log.error("unexpected failure while streaming request_id=%s", request_id, exc_info=exc)
     return ChatError(500, "internal_error", "the server failed to produce an answer", retryable=True)

@@ -34,6 +34,14 @@ def banner(functions: list[HttpFunction], base_url: str, local_settings_note: st
                 "Authorization is disabled locally (as with Core Tools). In Azure these need a key:",
             ]
             lines += [f"  {f.name} (auth_level={f.auth_level})" for f in keyed]
+        pages = [
+            f
+            for f in functions
+            if f.methods and "GET" in f.methods and not f.template.parameter_names and not f.requires_key
+        ]
+        if pages:
+            lines += ["", "Open in a browser:"]
+            lines += [f"  {base_url}{_example_path(f)}" for f in pages]
         posts = [f for f in functions if f.methods is None or "POST" in f.methods]
         if posts:
             lines += ["", "Try (streams the response as it is produced):"]

@@ -95,3 +95,92 @@ def app(_app: SubprocessServer, paced_simulator: SimulatorHandle) -> SubprocessS
         pytest.fail(f"the app process died:\n{_app.output}")
     paced_simulator.reset()
     return _app
+
+
+# --- Long, slow answers: enough time to press Stop or Ctrl-C in the middle (chat page, CLI). ---
+
+#: 150 tokens 40 ms apart: a 6 s answer, so anything that stops it early is plain to see.
+SLOW_ANSWER_TOKENS = 150
+
+
+@pytest.fixture(scope="session")
+def slow_simulator() -> Iterator[SimulatorHandle]:
+    handle = start_in_thread(
+        SimulatorConfig(ttft_ms=50, token_delay_ms=40, answer_tokens=SLOW_ANSWER_TOKENS, hold_seconds=10)
+    )
+    yield handle
+    handle.stop()
+
+
+def _slow_app_env(simulator: SimulatorHandle, deployment: str) -> dict[str, str]:
+    return {
+        "AZURE_OPENAI_ENDPOINT": simulator.url,
+        "AZURE_OPENAI_API_KEY": "test-key",
+        "AZURE_OPENAI_DEPLOYMENT": deployment,
+        "CHAT_UPSTREAM_MAX_RETRIES": "0",
+    }
+
+
+@pytest.fixture(scope="session")
+def _slow_app(slow_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
+    server = start_app(**_slow_app_env(slow_simulator, "gpt-4o-mini"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def slow_app(_slow_app: SubprocessServer, slow_simulator: SimulatorHandle) -> SubprocessServer:
+    """The app on the slow simulator (6 s answers); simulator stats are fresh for each test."""
+    if _slow_app.process.poll() is not None:
+        pytest.fail(f"the app process died:\n{_slow_app.output}")
+    slow_simulator.wait_idle()
+    slow_simulator.reset()
+    return _slow_app
+
+
+@pytest.fixture(scope="session")
+def faulty_app(slow_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
+    """The app on a deployment whose stream breaks after 5 chunks (an upstream failure mid-answer)."""
+    server = start_app(**_slow_app_env(slow_simulator, "fault-drop-after=5"))
+    yield server
+    server.stop()
+
+
+# --- Resilience: an app whose simulator takes per-request faults from the prompt (`[sim:SPEC]`). ---
+
+#: Tight timings so every fault class resolves in about a second: a 1 s read timeout (stalls),
+#: a 6 s first-event wait (so three attempts still end in a real HTTP status).
+FAULT_APP_ENV = {
+    "AZURE_OPENAI_API_KEY": "test-key-not-secret",
+    "AZURE_OPENAI_DEPLOYMENT": "gpt-4o-mini",
+    "CHAT_UPSTREAM_READ_TIMEOUT_SECONDS": "1",
+    "CHAT_FIRST_EVENT_WAIT_SECONDS": "6",
+    "CHAT_UPSTREAM_MAX_RETRIES": "2",
+    "CHAT_CORS_ORIGINS": "https://chat.example.com, http://localhost:5173",
+    "CHAT_DIAGNOSTICS": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def fault_simulator() -> Iterator[SimulatorHandle]:
+    handle = start_in_thread(
+        SimulatorConfig(ttft_ms=0, token_delay_ms=0, hold_seconds=10, prompt_faults=True)
+    )
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def _fault_app(fault_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
+    server = start_app(AZURE_OPENAI_ENDPOINT=fault_simulator.url, **FAULT_APP_ENV)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_app(_fault_app: SubprocessServer, fault_simulator: SimulatorHandle) -> SubprocessServer:
+    if _fault_app.process.poll() is not None:
+        pytest.fail(f"the app process died:\n{_fault_app.output}")
+    fault_simulator.wait_idle(10)
+    fault_simulator.reset()
+    return _fault_app

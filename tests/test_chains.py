@@ -10,6 +10,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from chains.example_tools import calculate
+from tests.conftest import EXTRA_DEPLOYMENTS
 from tests.test_chat_stream import deltas, sse_events
 
 
@@ -275,3 +276,19 @@ def test_disconnect_cancels_every_upstream_request(app, paced_simulator):
     ), paced_simulator.requests()
     assert paced_simulator.wait_idle(5)
     assert all(r["outcome"] == "stalled" for r in paced_simulator.requests())
+
+
+# --- the catalog ------------------------------------------------------------------------------------
+
+
+def test_catalog_lists_chains_and_allowed_deployments_without_a_key(app):
+    response = httpx.get(f"{app.url}/api/chains", timeout=30)
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-cache"
+    catalog = response.json()
+    assert [c["name"] for c in catalog["chains"]] == ["chat", "rag", "tools"]
+    assert all(c["description"] for c in catalog["chains"])
+    assert catalog["default_chain"] == "chat" and catalog["default_deployment"] == "gpt-4o-mini"
+    assert catalog["deployments"] == ["gpt-4o-mini", *EXTRA_DEPLOYMENTS]
+    assert catalog["max_request_deployments"] == 4
+    assert "test-key" not in response.text and "127.0.0.1" not in response.text
+    assert httpx.post(f"{app.url}/api/chains", timeout=30).status_code in (404, 405)

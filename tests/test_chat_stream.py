@@ -251,5 +251,14 @@ def test_function_registration_route_methods_and_auth_level():
     )
     functions = {f["name"]: f for f in json.loads(result.stdout.strip().splitlines()[-1])}
     assert functions["chat"]["route"] == "chat"
-    assert functions["chat"]["methods"] == ["POST"]
+    assert functions["chat"]["methods"] == ["OPTIONS", "POST"]
     assert functions["chat"]["auth"] == "function"
+    # The chat page and the chain catalog hold no secrets; the page sends the key with each chat call.
+    assert {
+        f["name"]: (f["route"], f["methods"], f["auth"]) for f in functions.values() if f["name"] != "chat"
+    } == {
+        "chains": ("chains", ["GET"], "anonymous"),
+        "ui": ("ui", ["GET"], "anonymous"),
+        "ui_asset": ("ui/{name}", ["GET"], "anonymous"),
+        "openapi": ("openapi.json", ["GET"], "anonymous"),
+    }

@@ -76,6 +76,9 @@ OPTIONAL_IN_AZURE = {
     "CHAT_COALESCE_DELTAS": "code default (on); override with extraAppSettings",
     "CHAT_UPSTREAM_MAX_RETRIES": "code default; override with extraAppSettings",
     "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s); override with extraAppSettings",
+    "CHAT_UPSTREAM_READ_TIMEOUT_SECONDS": "code default (30 s); override with extraAppSettings",
+    "CHAT_ALLOW_ANONYMOUS": "secure default (FUNCTION auth level); opt in with extraAppSettings",
+    "CHAT_DIAGNOSTICS": "test-only diagnostics route; must stay off in Azure",
     "CHAT_DEPLOYMENTS": "defaults to the one deployment Bicep creates; list more with extraAppSettings",
     "CHAT_MAX_REQUEST_DEPLOYMENTS": "request limit with a safe code default; override with extraAppSettings",
     "CHAT_TOOL_MAX_ROUNDS": "code default (4); override with extraAppSettings",
@@ -87,13 +90,7 @@ OPTIONAL_IN_AZURE = {
 
 #: App settings Bicep already sets for settings announced for the app but not yet in
 #: chatstream/settings.py. Once one lands in Settings it is covered by the alias check instead.
-ANNOUNCED_SETTINGS = {
-    "CHAT_CORS_ORIGINS",
-    "CHAT_ALLOW_ANONYMOUS",
-    "CHAT_HEARTBEAT_SECONDS",
-    "CHAT_DEADLINE_SECONDS",
-    "CHAT_LOG_CONTENT",
-}
+ANNOUNCED_SETTINGS: set[str] = set()
 
 #: Must never be app settings on Flex Consumption (runtime comes from functionAppConfig).
 FORBIDDEN_ON_FLEX = {

@@ -668,3 +668,44 @@ def test_cli_prints_url_and_serves():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_error_after_sends_an_in_stream_error_the_sdk_raises(simulator):
+    async def main() -> int:
+        seen = 0
+        async with azure_client(simulator, default_headers={"x-sim-fault": "error-after=3"}) as client:
+            stream = await client.chat.completions.create(model=DEPLOYMENT, messages=MESSAGES, stream=True)
+            with pytest.raises(openai.APIError):
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        seen += 1
+        return seen
+
+    assert run(main()) == 3
+    assert simulator.wait_idle(5)
+    assert simulator.last_request()["outcome"] == "error"
+
+
+def test_prompt_bound_faults_and_pacing_only_when_enabled(simulator):
+    marker = [{"role": "user", "content": "hi [sim:503]"}]
+    assert post_stream(simulator, {"messages": marker}).status_code == 200, "off by default"
+    with start_in_thread(SimulatorConfig(ttft_ms=0, token_delay_ms=0, prompt_faults=True)) as sim:
+        assert post_stream(sim, {"messages": marker}).status_code == 503
+        paced = [{"role": "user", "content": "hi [sim:tokens=7;token-delay=1]"}]
+        events = sse_events(post_stream(sim, {"messages": paced}).text)
+        contents = [e["choices"][0]["delta"].get("content") for e in events[:-1] if e["choices"]]
+        assert len([c for c in contents if c]) == 7
+        # The header still wins over the prompt.
+        response = post_stream(sim, {"messages": marker}, headers={"x-sim-fault": "429"})
+        assert response.status_code == 429
+        # A spent `times=N` fault keeps the request's pacing.
+        once = [{"role": "user", "content": "x [sim:500;times=1;tokens=4]"}]
+        assert post_stream(sim, {"messages": once}).status_code == 500
+        events = sse_events(post_stream(sim, {"messages": once}).text)
+        assert len([e for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content")]) == 4
+
+
+def test_pacing_items_parse():
+    plan = parse_fault("tokens=12;token-delay=2.5;error-after=3")
+    assert (plan.tokens, plan.token_delay_ms, plan.error_after) == (12, 2.5, 3)
+    assert not plan.before_headers

@@ -58,6 +58,7 @@ def test_tool_call_chunks_have_the_shape_of_the_recorded_azure_stream(simulator)
     assert finish["choices"][0]["finish_reason"] == "tool_calls" and finish["choices"][0]["delta"] == {}
     usage = events[-2]["usage"]
     assert usage["completion_tokens"] == len(chunks) - 1
+    simulator.wait_idle()  # the record is finished just after the last byte went out
     record = simulator.last_request()
     assert record["finish_reason"] == "tool_calls" and record["outcome"] == "completed"
     if FIXTURES.is_dir():

@@ -1,0 +1,149 @@
+"""The app's OpenAPI description, generated from the request model and the error shape.
+
+Served at `GET /api/openapi.json` so clients (and schemathesis in the tests) see the same limits
+the endpoint enforces: they come from the same settings.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from chatstream.schema import ChatRequest
+from chatstream.settings import Settings
+
+_REF = "#/components/schemas/{model}"
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "param": {"type": "string"},
+                "retryable": {"type": "boolean"},
+                "retry_after": {"type": "number"},
+            },
+        }
+    },
+}
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "chain", "deployment", "content", "finish_reason", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "chain": {"type": "string"},
+        "deployment": {"type": "string"},
+        "model": {"type": ["string", "null"]},
+        "content": {"type": "string"},
+        "finish_reason": {"type": ["string", "null"]},
+        "usage": {"type": ["object", "null"]},
+    },
+}
+
+#: One SSE event: `data` is an event JSON object (docs/protocol.md) or the final `[DONE]`.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+
+_ERRORS = {
+    "400": "invalid JSON or request, unknown chain, or the prompt was blocked by the content filter",
+    "413": "the body is larger than CHAT_MAX_BODY_BYTES",
+    "429": "the model is rate limited (Retry-After says when to retry)",
+    "500": "a bug; details are in the log only",
+    "502": "the model service failed, could not be reached, or rejected the request",
+    "503": "the model is not configured, or overloaded (Retry-After)",
+    "504": "the model did not answer in time",
+}
+
+
+def _request_schema(settings: Settings, chains: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pydantic schema with the run-time limits written in."""
+    schema = ChatRequest.model_json_schema(ref_template=_REF)
+    defs = schema.pop("$defs", {})
+    props = schema["properties"]
+    props["messages"]["maxItems"] = settings.max_messages
+    props["messages"]["minItems"] = 1
+    # `user` or `messages`, not both. (That the last message is the user's is beyond JSON Schema.)
+    schema["oneOf"] = [
+        {"required": ["user"], "not": {"required": ["messages"]}},
+        {"required": ["messages"], "not": {"required": ["user"]}},
+    ]
+    props["max_tokens"]["anyOf"][0]["maximum"] = settings.max_tokens_limit
+    props["user"]["anyOf"][0]["maxLength"] = settings.max_content_chars
+    props["chain"]["anyOf"][0]["enum"] = chains
+    defs["Message"]["properties"]["content"]["maxLength"] = settings.max_content_chars
+    return schema, defs
+
+
+@lru_cache(maxsize=4)
+def _document(settings_key: tuple[int, int, int, int], chains: tuple[str, ...]) -> dict[str, Any]:
+    max_messages, max_chars, max_tokens, max_body = settings_key
+    settings = Settings(
+        CHAT_MAX_MESSAGES=max_messages,
+        CHAT_MAX_CONTENT_CHARS=max_chars,
+        CHAT_MAX_TOKENS_LIMIT=max_tokens,
+        CHAT_MAX_BODY_BYTES=max_body,
+    )
+    request, defs = _request_schema(settings, list(chains))
+    error_ref = {"$ref": _REF.format(model="Error")}
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "The answer: an event stream (SSE or NDJSON), or one JSON object (stream=false)",
+            "headers": {"X-Request-Id": {"schema": {"type": "string"}}},
+            "content": {
+                # Before OpenAPI 3.2 the schema of an event stream describes one event.
+                "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"$ref": _REF.format(model="Answer")}},
+            },
+        }
+    }
+    for status, description in _ERRORS.items():
+        responses[status] = {
+            "description": description,
+            "headers": {"X-Request-Id": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": error_ref}},
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Streaming chat",
+            "version": "1.0.0",
+            "description": f"Protocol: docs/protocol.md. The body may be at most {max_body} bytes.",
+        },
+        "paths": {
+            "/api/chat": {
+                "post": {
+                    "operationId": "chat",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": _REF.format(model="ChatRequest")}}
+                        },
+                    },
+                    "responses": responses,
+                }
+            }
+        },
+        "components": {
+            "schemas": {**defs, "ChatRequest": request, "Error": ERROR_SCHEMA, "Answer": ANSWER_SCHEMA}
+        },
+    }
+
+
+def openapi_document(settings: Settings, chains: list[str]) -> dict[str, Any]:
+    key = (
+        settings.max_messages,
+        settings.max_content_chars,
+        settings.max_tokens_limit,
+        settings.max_body_bytes,
+    )
+    return _document(key, tuple(sorted(chains)))

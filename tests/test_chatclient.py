@@ -1,0 +1,239 @@
+"""The Python client and `python -m chatclient`, against the app served by the local host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import httpx
+import pytest
+
+from chatclient import ChatHttpError, StreamMetrics, ask, chat_url, stream_chat
+from tests.conftest import REPO_ROOT, SLOW_ANSWER_TOKENS
+
+
+def cli(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONIOENCODING": "utf-8"}
+    env.pop("CHAT_URL", None)
+    env.pop("CHAT_FUNCTION_KEY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "chatclient", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run in a thread of its own: Playwright's sync API (browser tests) keeps a loop running here."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def reference_answer(url: str, messages: list[dict]) -> dict:
+    response = httpx.post(f"{url}/api/chat", json={"messages": messages, "stream": False}, timeout=30)
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_chat_url_accepts_base_or_endpoint_url():
+    assert chat_url("http://127.0.0.1:7071") == "http://127.0.0.1:7071/api/chat"
+    assert chat_url("http://127.0.0.1:7071/") == "http://127.0.0.1:7071/api/chat"
+    assert chat_url("https://x.azurewebsites.net/api/chat") == "https://x.azurewebsites.net/api/chat"
+
+
+@pytest.mark.parametrize("fmt", ["sse", "ndjson"])
+def test_async_api_yields_events_as_they_arrive(app, fmt):
+    messages = [{"role": "user", "content": "What is a Function App?"}]
+
+    async def collect() -> tuple[list[dict], list[float], StreamMetrics]:
+        events, times, metrics = [], [], StreamMetrics()
+        async for event in stream_chat(app.url, messages, format=fmt):
+            metrics.observe(event)
+            events.append(event)
+            times.append(time.monotonic())
+        return events, times, metrics
+
+    events, times, metrics = run_async(collect())
+    assert events[0]["type"] == "start" and events[-1]["type"] == "end"
+    assert all(e["type"] == "delta" for e in events[1:-1]), "no heartbeat or [DONE] leaks through"
+    text = "".join(e["delta_content"] for e in events[1:-1])
+    assert text == reference_answer(app.url, messages)["content"]
+    assert times[-2] - times[1] > 0.1, "deltas were yielded as they arrived, not all at the end"
+    assert metrics.usage == events[-1]["usage"] and metrics.completion_tokens == len(events) - 2
+    assert metrics.ttft_seconds is not None and metrics.tokens_per_second is not None
+
+
+def test_async_api_raises_the_apps_http_error(app):
+    async def go() -> None:
+        async for _ in stream_chat(app.url, [{"role": "user", "content": "hi"}], max_tokens=0):
+            pass
+
+    with pytest.raises(ChatHttpError) as caught:
+        run_async(go())
+    assert caught.value.status == 400 and caught.value.code == "option_out_of_range"
+    with pytest.raises(ChatHttpError):
+        run_async(ask(app.url, [{"role": "user", "content": "hi"}], chain="nope"))
+
+
+def test_cli_streams_the_answer_and_prints_metrics(app):
+    result = cli("What is Azure Functions?", "--url", app.url)
+    assert result.returncode == 0, result.stderr
+    expected = reference_answer(app.url, [{"role": "user", "content": "What is Azure Functions?"}])
+    assert result.stdout == expected["content"] + "\n"
+    usage = expected["usage"]
+    assert "first token" in result.stderr and "tok/s" in result.stderr
+    assert f"usage {usage['prompt_tokens']} in + {usage['completion_tokens']} out" in result.stderr
+
+
+def test_cli_prints_deltas_before_the_answer_is_complete(slow_app):
+    """Read stdout while the 6 s answer is still being written: text must already be there."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "chatclient", "tell me a story", "--url", slow_app.url, "--no-metrics"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    ) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.read(20)  # returns once 20 bytes arrived, long before the end
+        assert proc.poll() is None, "the answer arrived only when the command finished"
+        assert first.startswith(b"You asked:")
+        proc.kill()
+
+
+@pytest.mark.parametrize("fmt", ["sse", "ndjson", "json"])
+def test_cli_formats_give_the_same_answer(app, fmt):
+    result = cli("same answer?", "--url", app.url, "--format", fmt, "--events")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = reference_answer(app.url, [{"role": "user", "content": "same answer?"}])
+    if fmt == "json":
+        assert len(lines) == 1 and lines[0]["content"] == expected["content"]
+    else:
+        assert [e["type"] for e in (lines[0], lines[-1])] == ["start", "end"]
+        assert "".join(e.get("delta_content", "") for e in lines) == expected["content"]
+
+
+def test_cli_continues_a_conversation_from_stdin_and_saves_it(app, paced_simulator, tmp_path):
+    history = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    saved = tmp_path / "chat.json"
+    result = cli("--messages", "-", "--url", app.url, "--save", str(saved), stdin=json.dumps(history))
+    assert result.returncode == 0, result.stderr
+    sent = paced_simulator.last_request()["messages"]
+    assert [m["content"] for m in sent[1:]] == [m["content"] for m in history]
+    conversation = json.loads(saved.read_text())
+    assert conversation[:3] == history
+    assert conversation[3] == {"role": "assistant", "content": result.stdout.rstrip("\n")}
+
+    # The saved file continues the conversation with the next question.
+    again = cli("And my surname?", "--messages", str(saved), "--url", app.url)
+    assert again.returncode == 0, again.stderr
+    assert len(paced_simulator.last_request()["messages"]) == 1 + 5
+
+
+def test_cli_reports_http_errors_and_bad_input_plainly(app):
+    result = cli("hi", "--url", app.url, "--max-tokens", "0")
+    assert result.returncode == 1
+    assert "HTTP 400 option_out_of_range" in result.stderr and "Traceback" not in result.stderr
+    empty = cli("--url", app.url, stdin="")
+    assert empty.returncode == 2 and "nothing to ask" in empty.stderr
+    bad_file = cli("--messages", "-", "--url", app.url, stdin='[{"role": "robot", "content": "x"}]')
+    assert bad_file.returncode == 2 and "roles" in bad_file.stderr
+
+
+def test_cli_shows_a_mid_stream_error_and_fails(faulty_app):
+    result = cli("hello", "--url", faulty_app.url)
+    assert result.returncode == 1
+    assert result.stdout.startswith("You asked:"), "the text before the failure is kept"
+    assert "error (upstream_" in result.stderr and "finish_reason error" in result.stderr
+
+
+def test_ctrl_c_cancels_and_the_model_call_is_closed(slow_app, slow_simulator):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "chatclient", "a long story", "--url", slow_app.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    ) as proc:
+        assert proc.stdout is not None
+        proc.stdout.read(30)  # some of the answer has been printed
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130
+    assert b"cancelled" in err and b"Traceback" not in err
+    assert slow_simulator.wait_until(lambda s: s["streams_closed_early"] == 1, timeout=10)
+    record = slow_simulator.last_request()
+    assert record["outcome"] == "client_closed"
+    assert record["chunks_sent"] < SLOW_ANSWER_TOKENS
+
+
+# --- Chains and several deployments ---------------------------------------------------------------
+
+
+def test_cli_tools_chain_prints_the_tool_call_and_the_answer(app):
+    question = "What is 12 * (3 + 4)?"
+    result = cli(question, "--url", app.url, "--chain", "tools", "--no-metrics")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["tool: calculator(expression='12 * (3 + 4)') -> 84"]
+    body = {"user": question, "chain": "tools", "stream": False}
+    expected = httpx.post(f"{app.url}/api/chat", json=body, timeout=30).json()
+    assert result.stdout == expected["content"] + "\n", "stdout holds the answer and nothing else"
+
+
+def test_cli_rag_chain_prints_progress_and_sources_on_stderr(app):
+    result = cli("How do heartbeats keep streams open?", "--url", app.url, "--chain", "rag", "--no-metrics")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("progress: Searching") and lines[1].startswith("progress: Found")
+    assert lines[2] == "sources:" and lines[3].startswith("  [1] ") and lines[-1].startswith("progress: Gen")
+    assert result.stdout.strip() and "progress" not in result.stdout
+
+
+def test_cli_several_deployments_print_each_answer_as_a_block(app):
+    result = cli("compare yourselves", "--url", app.url, "--deployments", "gpt-4o-mini,gpt-4o,fault-400")
+    assert result.returncode == 1, "one deployment failed"
+    expected = reference_answer(app.url, [{"role": "user", "content": "compare yourselves"}])
+    blocks = {}
+    for block in result.stdout.split("=== ")[1:]:
+        name, _, text = block.partition(" ===\n")
+        blocks[name] = text.removesuffix("\n\n")
+    assert blocks == {"gpt-4o-mini": expected["content"], "gpt-4o": expected["content"], "fault-400": ""}
+    usage = expected["usage"]
+    for name in ("gpt-4o-mini", "gpt-4o"):
+        assert f"[{name}] first token" in result.stderr
+        assert f"usage {usage['prompt_tokens']} in + {usage['completion_tokens']} out" in result.stderr
+    assert "[fault-400] error (upstream_rejected)" in result.stderr
+    assert result.stderr.endswith("3 deployments answered, 1 failed\n")
+    bad = cli("hi", "--url", app.url, "--deployments", "gpt-4o-mini,nope")
+    assert bad.returncode == 1 and "unknown_deployment" in bad.stderr
