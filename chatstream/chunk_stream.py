@@ -22,6 +22,8 @@ import httpx2
 import openai
 import orjson
 
+from chatstream.aiohttp_transport import AIOHTTP_RESPONSE, read_body
+
 Chunk = dict[str, Any]
 
 _DATA = b"data:"
@@ -133,8 +135,10 @@ class DictChunkStream:
         parser = SSEParser()
         loads = orjson.loads
         coalesce = self.coalesce
+        raw = response.extensions.get(AIOHTTP_RESPONSE)
+        # Our aiohttp transport: read its body directly, past the httpx2 wrapper layers.
+        body = read_body(raw) if raw is not None else response.aiter_bytes()
         try:
-            body = response.aiter_bytes()
             async for data in body:
                 pending: Chunk | None = None
                 pending_text: list[str] = []

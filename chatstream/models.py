@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import openai
 from langchain_core.language_models import BaseChatModel
 
+from chatstream.aiohttp_transport import AiohttpTransport
 from chatstream.lean_model import LeanAzureChatOpenAI, LeanChatOpenAI
 from chatstream.settings import Settings
 
@@ -74,7 +75,7 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     return {
         **client_options(settings),
         # Its aiohttp session is created on first use, in the loop that serves requests.
-        "http_async_client": openai.DefaultAioHttpClient(),
+        "http_async_client": openai.DefaultAsyncHttpxClient(transport=AiohttpTransport()),
         "stream_chunk_timeout": None,
         "stream_usage": True,
         "coalesce_deltas": settings.coalesce_deltas,

@@ -48,7 +48,9 @@ _MODEL_SETTINGS = (
 def app_env(**overrides: str) -> dict[str, str]:
     """A clean environment for the app process: no model settings inherited from the developer."""
     env = {k: v for k, v in os.environ.items() if k not in _MODEL_SETTINGS and not k.startswith("CHAT_")}
-    env.update({"CHAT_LOG_LEVEL": "INFO", **overrides})
+    # One delta per upstream chunk by default, so tests can count them against usage; the tests of
+    # coalescing (fixture replay, cancellation, the lean path) turn it back on.
+    env.update({"CHAT_LOG_LEVEL": "INFO", "CHAT_COALESCE_DELTAS": "false", **overrides})
     return env
 
 
@@ -81,8 +83,6 @@ def _app(paced_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
         AZURE_OPENAI_API_KEY="test-key",
         AZURE_OPENAI_DEPLOYMENT="gpt-4o-mini",
         CHAT_DEPLOYMENTS=",".join(EXTRA_DEPLOYMENTS),
-        # One delta per upstream token, so tests can count them (coalescing has its own tests).
-        CHAT_COALESCE_DELTAS="false",
     )
     yield server
     server.stop()

@@ -13,7 +13,9 @@ from tests.conftest import start_app
 def test_client_disconnect_closes_the_upstream_stream_within_a_second():
     # 1000 tokens at 20 ms: the answer would take 20 s if nobody stopped it.
     with start_in_thread(SimulatorConfig(ttft_ms=0, token_delay_ms=20, answer_tokens=1000)) as sim:
-        app = start_app(AZURE_OPENAI_ENDPOINT=sim.url, AZURE_OPENAI_API_KEY="test-key")
+        app = start_app(
+            AZURE_OPENAI_ENDPOINT=sim.url, AZURE_OPENAI_API_KEY="test-key", CHAT_COALESCE_DELTAS="true"
+        )
         try:
             deltas = 0
             with (

@@ -60,6 +60,8 @@ def replay_app(replay: Replay) -> Iterator[SubprocessServer]:
         AZURE_OPENAI_API_KEY="replay-key",
         AZURE_OPENAI_DEPLOYMENT="recorded",
         CHAT_UPSTREAM_MAX_RETRIES="0",
+        # The product's default: a replayed transcript arrives in a few reads, so deltas get coalesced.
+        CHAT_COALESCE_DELTAS="true",
     )
     yield server
     server.stop()

@@ -156,8 +156,9 @@ def test_soak_200_concurrent_streams_with_faults_and_disconnects(
         assert now["active_streams"] == 0 and now["closing_tasks"] == 0
         assert now["tasks"] <= baseline["tasks"] + 2, (baseline, now)
         assert now["live_runs"] <= baseline["live_runs"] + 2, (baseline, now)
-    if after["open_sockets"] is not None:  # the upstream keep-alive pool is bounded (100), not growing
-        assert after2["open_sockets"] <= after["open_sockets"] + 4, (after, after2)
+    if after["open_sockets"] is not None:  # the upstream keep-alive pool does not grow round after round
+        # (aiohttp keeps each idle connection until it expires, so two equal rounds differ by a few)
+        assert after2["open_sockets"] <= after["open_sockets"] + 10, (after, after2)
     mib = 2**20
     assert (after["rss_bytes"] - baseline["rss_bytes"]) / mib < 64, (baseline, after)
     assert (after2["rss_bytes"] - after["rss_bytes"]) / mib < 16, (after, after2)
