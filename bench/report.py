@@ -92,7 +92,9 @@ def markdown(data: dict[str, Any]) -> str:
     notes += [
         "",
         "Concurrency levels: p99 inter-delta gap ms / app core busy / load core busy / other processes' CPU"
-        " (a failed level with other processes busy above 0.1 core is measured again, up to 3 trials):",
+        " / median first-to-last-delta time of a stream (the upstream's pace alone: "
+        f"{_nominal(data)} s); a failed level with other processes busy above 0.1 core is measured again,"
+        " up to 3 trials:",
         "",
     ]
     levels = sorted({lv["streams"] for c in cs for lv in c["levels"]})
@@ -110,10 +112,15 @@ def markdown(data: dict[str, Any]) -> str:
             retry = f" ({lv['trials']} trials)" if lv.get("trials", 1) > 1 else ""
             cells.append(
                 f"{_fmt(lv['p99_gap_ms'])} / {lv['app_cpu_util']:.0%} / {lv['load_core_util']:.0%}"
-                f" / {lv.get('foreign_cpu', 0):.2f}{err}{retry}{mark}"
+                f" / {lv.get('foreign_cpu', 0):.2f} / {_fmt(lv.get('stream_s_p50'), 2)} s{err}{retry}{mark}"
             )
         notes.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines + notes) + "\n"
+
+
+def _nominal(data: dict[str, Any]) -> str:
+    sizes = data["sizes"]
+    return f"{(sizes['paced_tokens'] - 1) * sizes['paced_delay_ms'] / 1000:.2f}"
 
 
 def _limit(target: str) -> float:

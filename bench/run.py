@@ -91,6 +91,9 @@ class Level:
     foreign_cpu: float
     trials: int
     peak_rss_mb: float
+    #: Median time from a stream's first to its last delta; the upstream's own pace would take
+    #: (tokens - 1) x delay. Well above that means the upstream or the client could not keep the pace.
+    stream_s_p50: float | None
     passed: bool
 
 
@@ -357,6 +360,11 @@ class Bench:
         gaps = [g * 1000 for res in results for g in res.gaps]
         errors = [res.error or "no deltas" for res in results if not res.ok]
         p99 = pct(gaps, 99)
+        spans = [
+            res.last_delta - res.first_delta
+            for res in results
+            if res.ok and res.last_delta and res.first_delta
+        ]
         return Level(
             streams=n,
             ok=n - len(errors),
@@ -369,6 +377,7 @@ class Bench:
             foreign_cpu=foreign,
             trials=1,
             peak_rss_mb=peak / 2**20,
+            stream_s_p50=_round(pct(spans, 50)),
             passed=not errors and p99 is not None and p99 <= s.gap_limit_ms,
         )
 

@@ -6,7 +6,7 @@ status errors), and this module reads the body itself with orjson: no per-chunk 
 
 Two fidelity fixes ride along: only choice 0 is forwarded (LangChain would read `choices[0]` of every
 chunk whatever its index, mixing n>1 answers), and `delta.refusal` text is kept (LangChain drops it;
-`LeanChatModel` surfaces it as `additional_kwargs["refusal"]`).
+`lean_model` surfaces it as `additional_kwargs["refusal"]`).
 
 Coalescing: content-only chunks of one answer that arrived in the same network read are merged into
 one chunk (their text concatenated). Nothing is ever held back to wait for more.
