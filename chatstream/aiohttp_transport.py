@@ -9,11 +9,14 @@ transport does, and exposes the aiohttp response (`AIOHTTP_RESPONSE` in `Respons
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx2
+from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
+from yarl import URL
 
 #: Key of the aiohttp `ClientResponse` in an `httpx2.Response`'s extensions.
 AIOHTTP_RESPONSE = "chatstream.aiohttp_response"
@@ -87,12 +90,33 @@ class _Body(httpx2.AsyncByteStream):
         await close(self._response)
 
 
+Proxy = tuple[URL | None, BasicAuth | None]
+
+
+def _env_proxy(url: URL) -> Proxy:
+    """HTTP(S)_PROXY / NO_PROXY for this URL, as httpx honours them by default (blocking: reads netrc)."""
+    try:
+        return get_env_proxy_for_url(url)
+    except LookupError:
+        return None, None
+
+
 class AiohttpTransport(httpx2.AsyncBaseTransport):
     """One aiohttp session, created on first use inside the serving event loop."""
 
     def __init__(self, max_connections: int = 1000) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        #: Proxy per origin, looked up once: aiohttp's `trust_env` would look it up (and parse
+        #: ~/.netrc) in a worker thread on every request, two thread hops before the request is sent.
+        self._proxies: dict[tuple[str, str, int | None], Proxy] = {}
+
+    async def _proxy(self, url: URL) -> Proxy:
+        key = (url.scheme, url.host or "", url.port)
+        proxy = self._proxies.get(key)
+        if proxy is None:
+            proxy = self._proxies[key] = await asyncio.to_thread(_env_proxy, url)
+        return proxy
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -100,17 +124,21 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections, keepalive_timeout=5.0, ssl=httpx2.create_ssl_context()
             )
-            # trust_env: HTTP(S)_PROXY / NO_PROXY are honoured, as httpx does by default.
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            # No trust_env: the proxy comes from `_proxy` (and no ~/.netrc credentials are added).
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeout = request.extensions.get("timeout", {})
         session = self._get_session()
+        url = URL(str(request.url), encoded=True)
+        proxy, proxy_auth = await self._proxy(url)
         with mapped_errors(connecting=True):
             response = await session.request(
                 request.method,
-                str(request.url),
+                url,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
                 headers=[
                     (k.decode("latin-1"), v.decode("latin-1"))
                     for k, v in request.headers.raw
