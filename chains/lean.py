@@ -24,6 +24,15 @@ def nobody_listens(config: RunnableConfig) -> bool:
     return not manager.handlers
 
 
+async def _format(prompt: BasePromptTemplate, value: Any, config: RunnableConfig) -> Any:
+    """`prompt.ainvoke` without its run setup (a tenth of a millisecond per request): with nobody
+    listening, a dict holding every variable formats to the same prompt value. Anything else goes
+    through `ainvoke`, which reports a missing variable the way LangChain does."""
+    if isinstance(value, dict) and all(name in value for name in prompt.input_variables):
+        return await prompt.aformat_prompt(**value)
+    return await prompt.ainvoke(value, config)
+
+
 class LeanSequence(RunnableSequence):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any | None
@@ -39,6 +48,6 @@ class LeanSequence(RunnableSequence):
         child: RunnableConfig = {k: v for k, v in config.items() if k not in ("run_name", "run_id")}  # type: ignore
         value = input
         for step in head:
-            value = await step.ainvoke(value, child)
+            value = await _format(step, value, child)
         async for chunk in last.astream(value, child):
             yield chunk
