@@ -21,8 +21,11 @@ def ensure_simulator(settings: Settings) -> str:
                 from aoai_simulator.server import start_in_thread
             except ImportError as exc:
                 raise ConfigurationError("the simulated deployment is not installed") from exc
+            # Prompt faults on: `[sim:SPEC]` in a message lets anyone try a failure from curl or the page.
             config = SimulatorConfig(
-                ttft_ms=settings.simulator_ttft_ms, token_delay_ms=settings.simulator_token_delay_ms
+                ttft_ms=settings.simulator_ttft_ms,
+                token_delay_ms=settings.simulator_token_delay_ms,
+                prompt_faults=True,
             )
             try:
                 handle = start_in_thread(config, port=settings.simulator_port)

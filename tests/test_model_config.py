@@ -23,6 +23,11 @@ def test_no_endpoint_uses_the_embedded_simulated_deployment():
         assert stats["requests_total"] == 1
         assert stats["requests"][-1]["deployment"] == "gpt-4o-mini"
         assert "curl -N" in app.output and "/api/chat" in app.output
+        # The embedded deployment takes fault markers from the prompt, so failures can be tried by hand.
+        limited = chat(app.url, user="hello [sim:429:retry-after=30]")
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"] == "30"
+        assert limited.json()["error"]["code"] == "rate_limited"
     finally:
         app.stop()
 
