@@ -88,13 +88,21 @@ def _app(paced_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
     server.stop()
 
 
+def fresh(
+    server: SubprocessServer, simulator: SimulatorHandle, idle_timeout: float = 5.0
+) -> SubprocessServer:
+    """A session-scoped app, checked alive, with its simulator idle and its stats reset for one test."""
+    if server.process.poll() is not None:
+        pytest.fail(f"the app process died:\n{server.output}")
+    simulator.wait_idle(idle_timeout)
+    simulator.reset()
+    return server
+
+
 @pytest.fixture
 def app(_app: SubprocessServer, paced_simulator: SimulatorHandle) -> SubprocessServer:
     """The app on the paced simulator; simulator stats are fresh for each test."""
-    if _app.process.poll() is not None:
-        pytest.fail(f"the app process died:\n{_app.output}")
-    paced_simulator.reset()
-    return _app
+    return fresh(_app, paced_simulator)
 
 
 # --- Long, slow answers: enough time to press Stop or Ctrl-C in the middle (chat page, CLI). ---
@@ -131,11 +139,7 @@ def _slow_app(slow_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
 @pytest.fixture
 def slow_app(_slow_app: SubprocessServer, slow_simulator: SimulatorHandle) -> SubprocessServer:
     """The app on the slow simulator (6 s answers); simulator stats are fresh for each test."""
-    if _slow_app.process.poll() is not None:
-        pytest.fail(f"the app process died:\n{_slow_app.output}")
-    slow_simulator.wait_idle()
-    slow_simulator.reset()
-    return _slow_app
+    return fresh(_slow_app, slow_simulator)
 
 
 @pytest.fixture(scope="session")
@@ -179,8 +183,4 @@ def _fault_app(fault_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
 
 @pytest.fixture
 def fault_app(_fault_app: SubprocessServer, fault_simulator: SimulatorHandle) -> SubprocessServer:
-    if _fault_app.process.poll() is not None:
-        pytest.fail(f"the app process died:\n{_fault_app.output}")
-    fault_simulator.wait_idle(10)
-    fault_simulator.reset()
-    return _fault_app
+    return fresh(_fault_app, fault_simulator, idle_timeout=10)
