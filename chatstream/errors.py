@@ -45,17 +45,15 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
     return text or None
 
 
-_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "value_error"}
+#: Error types the request schema raises itself; each is also the code the caller sees.
+_SCHEMA_CODES = {"too_many_messages", "content_too_long", "option_out_of_range"}
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def _code_for(error: dict[str, Any]) -> str:
-    loc = error["loc"]
-    message = str(error.get("msg", ""))
-    if loc == ("messages",) and "messages sent" in message:
-        return "too_many_messages"
-    if loc and loc[-1] in ("content", "user") and "characters long" in message:
-        return "content_too_long"
-    if loc in (("max_tokens",), ("temperature",)) and error["type"] in _RANGE_ERRORS:
+    if error["type"] in _SCHEMA_CODES:
+        return str(error["type"])
+    if error["loc"] in (("max_tokens",), ("temperature",)) and error["type"] in _RANGE_ERRORS:
         return "option_out_of_range"
     return "invalid_request"
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -38,7 +39,11 @@ class Message(BaseModel):
     def _content_length(cls, value: str, info: ValidationInfo) -> str:
         limit = _limits(info).max_content_chars
         if len(value) > limit:
-            raise ValueError(f"content is {len(value)} characters long; the limit is {limit}")
+            raise PydanticCustomError(
+                "content_too_long",
+                "content is {n} characters long; the limit is {limit}",
+                {"n": len(value), "limit": limit},
+            )
         return value
 
 
@@ -71,7 +76,11 @@ class ChatRequest(BaseModel):
     def _user_length(cls, value: str | None, info: ValidationInfo) -> str | None:
         limit = _limits(info).max_content_chars
         if value is not None and len(value) > limit:
-            raise ValueError(f"user is {len(value)} characters long; the limit is {limit}")
+            raise PydanticCustomError(
+                "content_too_long",
+                "user is {n} characters long; the limit is {limit}",
+                {"n": len(value), "limit": limit},
+            )
         return value
 
     @field_validator("messages")
@@ -86,7 +95,11 @@ class ChatRequest(BaseModel):
             raise ValueError("at least one message is required (or send 'user')")
         limit = _limits(info).max_messages
         if len(value) > limit:
-            raise ValueError(f"{len(value)} messages sent; the limit is {limit}")
+            raise PydanticCustomError(
+                "too_many_messages",
+                "{n} messages sent; the limit is {limit}",
+                {"n": len(value), "limit": limit},
+            )
         if value[-1].role != "user":
             raise ValueError("the last message must have role 'user'")
         return value
@@ -96,7 +109,9 @@ class ChatRequest(BaseModel):
     def _max_tokens_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
         limit = _limits(info).max_tokens
         if value is not None and value > limit:
-            raise ValueError(f"max_tokens may be at most {limit}")
+            raise PydanticCustomError(
+                "option_out_of_range", "max_tokens may be at most {limit}", {"limit": limit}
+            )
         return value
 
     @field_validator("deployments")
