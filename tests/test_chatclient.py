@@ -35,6 +35,18 @@ def cli(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess
     )
 
 
+def start_cli(*args: str) -> subprocess.Popen[bytes]:
+    """`python -m chatclient ...` left running, for tests that read its output while it streams."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatclient", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+
+
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     """asyncio.run in a thread of its own: Playwright's sync API (browser tests) keeps a loop running here."""
     result: dict[str, Any] = {}
@@ -111,14 +123,7 @@ def test_cli_streams_the_answer_and_prints_metrics(app):
 
 def test_cli_prints_deltas_before_the_answer_is_complete(slow_app):
     """Read stdout while the 6 s answer is still being written: text must already be there."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    with subprocess.Popen(
-        [sys.executable, "-m", "chatclient", "tell me a story", "--url", slow_app.url, "--no-metrics"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=REPO_ROOT,
-    ) as proc:
+    with start_cli("tell me a story", "--url", slow_app.url, "--no-metrics") as proc:
         assert proc.stdout is not None
         first = proc.stdout.read(20)  # returns once 20 bytes arrived, long before the end
         assert proc.poll() is None, "the answer arrived only when the command finished"
@@ -178,14 +183,7 @@ def test_cli_shows_a_mid_stream_error_and_fails(faulty_app):
 
 
 def test_ctrl_c_cancels_and_the_model_call_is_closed(slow_app, slow_simulator):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    with subprocess.Popen(
-        [sys.executable, "-m", "chatclient", "a long story", "--url", slow_app.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=REPO_ROOT,
-    ) as proc:
+    with start_cli("a long story", "--url", slow_app.url) as proc:
         assert proc.stdout is not None
         proc.stdout.read(30)  # some of the answer has been printed
         proc.send_signal(signal.SIGINT)
