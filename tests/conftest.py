@@ -10,6 +10,7 @@ import pytest
 
 from aoai_simulator import SimulatorConfig, SimulatorHandle, start_in_thread
 from funchost.testing import SubprocessServer, start_subprocess
+from tests.support.hostile import HostileUpstream
 
 
 @pytest.fixture(scope="session")
@@ -184,3 +185,45 @@ def _fault_app(fault_simulator: SimulatorHandle) -> Iterator[SubprocessServer]:
 @pytest.fixture
 def fault_app(_fault_app: SubprocessServer, fault_simulator: SimulatorHandle) -> SubprocessServer:
     return fresh(_fault_app, fault_simulator, idle_timeout=10)
+
+
+# --- A hostile model server (tests/support/hostile.py): scripts chosen by `[hostile:NAME]` in the prompt. ---
+
+#: Tight timings so every hostile script resolves in about a second; no retries, so one script run is
+#: one upstream request.
+HOSTILE_APP_ENV = {
+    "AZURE_OPENAI_API_KEY": "test-key-not-secret",
+    "AZURE_OPENAI_DEPLOYMENT": "gpt-4o-mini",
+    "CHAT_UPSTREAM_READ_TIMEOUT_SECONDS": "2",
+    "CHAT_FIRST_EVENT_WAIT_SECONDS": "3",
+    "CHAT_UPSTREAM_MAX_RETRIES": "0",
+}
+
+
+@pytest.fixture(scope="session")
+def _hostile_server() -> Iterator[HostileUpstream]:
+    server = HostileUpstream()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hostile(_hostile_server: HostileUpstream) -> HostileUpstream:
+    """The hostile upstream with its request log cleared (scripts stay registered)."""
+    _hostile_server.reset()
+    return _hostile_server
+
+
+@pytest.fixture(scope="session")
+def _hostile_app(_hostile_server: HostileUpstream) -> Iterator[SubprocessServer]:
+    server = start_app(AZURE_OPENAI_ENDPOINT=_hostile_server.url, **HOSTILE_APP_ENV)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hostile_app(_hostile_app: SubprocessServer, hostile: HostileUpstream) -> SubprocessServer:
+    """The app (one delta per chunk) pointed at the hostile upstream."""
+    if _hostile_app.process.poll() is not None:
+        pytest.fail(f"the app process died:\n{_hostile_app.output}")
+    return _hostile_app
