@@ -8,7 +8,9 @@ collection, so a full collection costs only what requests allocated. Call once, 
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 
 def freeze_startup_objects() -> int:
@@ -19,3 +21,19 @@ def freeze_startup_objects() -> int:
     gc.freeze()
     gc.enable()
     return gc.get_freeze_count()
+
+
+@contextlib.contextmanager
+def startup_collection_paused() -> Iterator[None]:
+    """No collections while the block runs (start-up allocates only long-lived objects); afterwards they
+    are frozen. If the block raises, the collector is re-enabled and nothing is frozen, so a failed
+    import can never leave the process without garbage collection."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    except BaseException:
+        if was_enabled:
+            gc.enable()
+        raise
+    freeze_startup_objects()

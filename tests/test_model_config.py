@@ -6,6 +6,7 @@ import httpx
 
 from funchost.testing import free_port
 from tests.conftest import start_app
+from tests.support.inprocess import serve, settings_for
 
 
 def chat(url: str, **body: object) -> httpx.Response:
@@ -33,16 +34,16 @@ def test_no_endpoint_uses_the_embedded_simulated_deployment():
 
 
 def test_openai_compatible_server_tags_deltas_with_the_model(simulator):
-    app = start_app(OPENAI_BASE_URL=simulator.openai_base_url, OPENAI_MODEL="llama3.2", OPENAI_API_KEY="x")
-    try:
+    settings = settings_for(
+        OPENAI_BASE_URL=simulator.openai_base_url, OPENAI_MODEL="llama3.2", OPENAI_API_KEY="x"
+    )
+    with serve(settings) as app:
         with httpx.stream("POST", f"{app.url}/api/chat", json={"user": "hi"}, timeout=30) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: {")]
-        assert response.status_code == 200
-        assert '"deployment":"llama3.2"' in lines[1]
-        assert simulator.last_request()["deployment"] == "llama3.2"
-        assert '"finish_reason":"stop"' in lines[-1]
-    finally:
-        app.stop()
+    assert response.status_code == 200
+    assert '"deployment":"llama3.2"' in lines[1]
+    assert simulator.last_request()["deployment"] == "llama3.2"
+    assert '"finish_reason":"stop"' in lines[-1]
 
 
 def test_misconfiguration_is_reported_at_startup_and_answered_with_503():

@@ -1,0 +1,62 @@
+"""The Azure Functions HTTP layer: `create_app(settings)` registers every route on a new `FunctionApp`.
+
+Thin on purpose: each function hands the request to `chatstream` (nothing here knows about streaming).
+`function_app.py` builds the one app the worker indexes; tests build their own from their own
+`Settings`, in-process (`tests/support/inprocess.py`), instead of starting a process per configuration.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
+
+from chatstream import diagnostics
+from chatstream.endpoint import ChatEndpoint
+from chatstream.openapi import openapi_document
+from chatstream.service import ChatService
+from chatstream.settings import Settings
+from webui import ui_assets
+
+
+def create_app(settings: Settings) -> func.FunctionApp:
+    # A key is required unless anonymous access is chosen explicitly (CHAT_ALLOW_ANONYMOUS=true).
+    chat_auth = func.AuthLevel.ANONYMOUS if settings.allow_anonymous else func.AuthLevel.FUNCTION
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    chat_endpoint = ChatEndpoint(ChatService.from_settings(settings))
+
+    @app.route(route="chat", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth)
+    async def chat(req: Request) -> Response:
+        """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object).
+        OPTIONS answers the CORS preflight from the CHAT_CORS_ORIGINS allow-list."""
+        return await chat_endpoint.handle(req)
+
+    # The reference chat page. Anonymous: it holds no secrets; its chat calls carry the key themselves.
+    @app.route(route="ui", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+    async def ui(req: Request) -> Response:
+        """The chat page (open it in a browser)."""
+        return ui_assets().page(req)
+
+    @app.route(route="ui/{name}", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+    async def ui_asset(req: Request) -> Response:
+        """The page's scripts and styles."""
+        return ui_assets().asset(req, req.path_params["name"])
+
+    # Chain names and allowed deployments (names only, no secrets), so clients can offer a choice.
+    @app.route(route="chains", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+    async def chains(req: Request) -> Response:
+        """The registered chains and the deployments a request may name."""
+        return chat_endpoint.catalog(req)
+
+    @app.route(route="openapi.json", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)
+    async def openapi(req: Request) -> Response:
+        """The request and error schemas with this deployment's limits (no secrets, no settings)."""
+        return JSONResponse(openapi_document(settings, chat_endpoint.service.registry.names()))
+
+    if settings.diagnostics:
+
+        @app.route(route="_diag", methods=[func.HttpMethod.GET])
+        async def diag(req: Request) -> Response:
+            """Task count, live runs and RSS, for soak tests; only with CHAT_DIAGNOSTICS=true."""
+            return JSONResponse(diagnostics.snapshot())
+
+    return app
