@@ -14,7 +14,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 _SAFE = {"filtered": False, "severity": "safe"}

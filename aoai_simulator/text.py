@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -117,7 +117,7 @@ def acknowledgement(messages: Sequence[Mapping[str, Any]]) -> str:
     return f'You asked: "{quote}" ({count} {plural} received).'
 
 
-def _sentences(rng: random.Random) -> Iterable[str]:
+def _sentences(rng: random.Random) -> Iterator[str]:
     while True:
         yield (f" {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TAILS)}.")
 
