@@ -1,6 +1,8 @@
 # Two commands matter: `make run` and `make test`. Both set up .venv themselves.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.10 || command -v python3)
+# The first of these that actually runs (a pyenv shim for a version that is not selected does not).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+  $$p -c '' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -8,11 +10,12 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint check-python venv browser bench bench-smoke clean
 
 check-python:
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; ok = (3, 10) <= v <= (3, 12); \
-	  sys.exit(0 if ok else "Python %d.%d is not supported by the Azure Functions Python worker this app targets;" \
-	  " install Python 3.11 (what we deploy) or 3.10/3.12, or run make PYTHON=/path/to/python3.11" % v)'
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; ok = (3, 11) <= v <= (3, 13); \
+	  sys.exit(0 if ok else "Python %d.%d is not supported: the app runs on 3.11-3.13 (Azure Functions" \
+	  " Python 3.11/3.12 with azure-functions 1.x, 3.13 with azure-functions 2.x); install one of them" \
+	  " or run make PYTHON=/path/to/python3.12" % v)'
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-client.txt | check-python
+$(STAMP): requirements.txt requirements.lock requirements-dev.txt requirements-client.txt | check-python
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
