@@ -9,6 +9,41 @@ param environmentName string
 
 @minLength(1)
 @description('Region for all resources except (optionally) Azure OpenAI. Must offer Flex Consumption.')
+// Flex Consumption regions (Azure-Samples/functions-quickstart-python-http-azd infra/main.bicep, 2025-11,
+// without the canary region eastus2euap; live list: `az functionapp list-flexconsumption-locations`).
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -26,17 +61,29 @@ param principalType string = 'User'
 param openAiLocation string = ''
 
 // ---- Model deployment -----------------------------------------------------------------------
-@description('Deployment name; the app receives it as AZURE_OPENAI_DEPLOYMENT.')
-param chatDeploymentName string = 'gpt-4o-mini'
-param chatModelName string = 'gpt-4o-mini'
-param chatModelVersion string = '2024-07-18'
+// Defaults: a GA gpt-5 family model that new subscriptions can still deploy (checked 2026-12-03 against
+// Microsoft's model retirement schedule; docs/deploy.md says how to pick another). All of these are azd
+// environment values (infra/main.parameters.json), e.g. `azd env set AZURE_OPENAI_CHAT_MODEL gpt-5.4`.
+@description('Model name, e.g. gpt-5.4-mini, gpt-5.4, gpt-5.5 (AZURE_OPENAI_CHAT_MODEL).')
+param chatModelName string = 'gpt-5.4-mini'
+@description('Model version (AZURE_OPENAI_CHAT_MODEL_VERSION); must be a version of chatModelName.')
+param chatModelVersion string = '2026-03-17'
+@description('Deployment name the app receives as AZURE_OPENAI_DEPLOYMENT. Empty: the model name.')
+param chatDeploymentName string = ''
 @description('GlobalStandard, DataZoneStandard, Standard, ... (must be offered for the model in openAiLocation).')
 param chatDeploymentSkuName string = 'GlobalStandard'
-@description('Capacity in thousands of tokens per minute.')
+@description('Capacity in thousands of tokens per minute (needs that much quota in openAiLocation).')
 @minValue(1)
 param chatDeploymentCapacity int = 30
 @description('Azure OpenAI data-plane API version the app uses (GA).')
 param openAiApiVersion string = '2024-10-21'
+@description('Restore a soft-deleted Azure OpenAI account of the same name (set by the preprovision hook after `azd down` without --purge).')
+param openAiRestore bool = false
+
+// ---- Function app runtime ----------------------------------------------------------------------
+@description('Flex Consumption Python version (AZURE_PYTHON_VERSION). 3.13 runs Microsoft\'s new worker (azure-functions-runtime) with azure-functions 2.x.')
+@allowed(['3.11', '3.12', '3.13'])
+param pythonVersion string = '3.12'
 
 // ---- Flex Consumption scale -------------------------------------------------------------------
 @minValue(40)
@@ -83,6 +130,7 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = { 'azd-env-name': environmentName }
 var functionAppName = 'func-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
+var chatDeployment = empty(chatDeploymentName) ? chatModelName : chatDeploymentName
 
 resource rg 'Microsoft.Resources/resourceGroups@2022-09-01' = {
   name: 'rg-${environmentName}'
@@ -129,11 +177,12 @@ module openAi 'core/openai.bicep' = {
     name: 'oai-${resourceToken}'
     location: empty(openAiLocation) ? location : openAiLocation
     tags: tags
-    deploymentName: chatDeploymentName
+    deploymentName: chatDeployment
     modelName: chatModelName
     modelVersion: chatModelVersion
     skuName: chatDeploymentSkuName
     capacity: chatDeploymentCapacity
+    restore: openAiRestore
   }
 }
 
@@ -173,7 +222,7 @@ module api 'app/api.bicep' = {
     openAiEndpoint: openAi.outputs.endpoint
     openAiDeployment: openAi.outputs.deploymentName
     openAiApiVersion: openAiApiVersion
-    pythonVersion: '3.11'
+    pythonVersion: pythonVersion
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
@@ -201,3 +250,8 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
 output AZURE_API_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output CHAT_CORS_HANDLED_BY string = corsHandledBy
+output AZURE_OPENAI_CHAT_MODEL string = chatModelName
+output AZURE_OPENAI_CHAT_MODEL_VERSION string = chatModelVersion
+output AZURE_PYTHON_VERSION string = pythonVersion
+// When the app identity got its storage role: the predeploy hook waits until it has propagated.
+output AZURE_APP_STORAGE_ROLE_CREATED_ON string = rbac.outputs.appStorageRoleCreatedOn

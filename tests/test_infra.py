@@ -527,7 +527,10 @@ def test_flex_plan_and_function_app():
 def test_main_wires_service_name_python_version_and_concurrency_default():
     api = body(declarations(MAIN, "module")["api"])
     assert literal(get(api, "params", "serviceName")) == "api"
-    assert literal(get(api, "params", "pythonVersion")) == "3.11"
+    assert text(get(api, "params", "pythonVersion")) == "pythonVersion"
+    python = declarations(MAIN, "parameter")["pythonVersion"]
+    assert literal(python.named_children[-1]) == "3.12"
+    assert "@allowed(['3.11', '3.12', '3.13'])" in decorators_of(python)
     concurrency = declarations(MAIN, "parameter")["httpPerInstanceConcurrency"]
     default = int(text(concurrency.named_children[-1]))
     assert default > 1, "one open stream must not pin a whole instance"
@@ -587,12 +590,21 @@ def test_main_outputs():
 def test_azure_yaml():
     data = yaml.safe_load((ROOT / "azure.yaml").read_text())
     assert data["services"]["api"] == {"project": ".", "language": "python", "host": "function"}
-    hook = data["hooks"]["postprovision"]
-    for flavour, script in (("posix", "write-local-settings.sh"), ("windows", "write-local-settings.ps1")):
-        run = hook[flavour]["run"]
-        assert run.endswith(script)
-        assert (ROOT / run).is_file(), run
-    assert (INFRA / "scripts" / "write-local-settings.sh").stat().st_mode & stat.S_IXUSR
+    assert data["requiredVersions"] == {"azd": ">= 1.23.13"}
+    hooks = {
+        "preprovision": "preprovision",
+        "postprovision": "write-local-settings",
+        "predeploy": "predeploy",
+    }
+    for event, stem in hooks.items():
+        hook = data["hooks"][event]
+        for flavour, script in (("posix", f"{stem}.sh"), ("windows", f"{stem}.ps1")):
+            run = hook[flavour]["run"]
+            assert run.endswith(script)
+            assert (ROOT / run).is_file(), run
+        assert (INFRA / "scripts" / f"{stem}.sh").stat().st_mode & stat.S_IXUSR
+    # The first deploy must not race role propagation: the predeploy hook may not be skipped on error.
+    assert "continueOnError" not in data["hooks"]["predeploy"]["posix"]
 
 
 def test_funcignore_excludes_non_runtime_files():

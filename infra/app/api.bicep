@@ -20,8 +20,8 @@ param openAiEndpoint string
 param openAiDeployment string
 param openAiApiVersion string
 
-@allowed(['3.10', '3.11', '3.12'])
-param pythonVersion string = '3.11'
+@allowed(['3.11', '3.12', '3.13'])
+param pythonVersion string = '3.12'
 
 @description('Upper bound for scale-out (Flex allows 40-1000).')
 @minValue(40)
@@ -85,7 +85,7 @@ var appSettings = [
   // Application Insights with Entra (local auth is disabled on the component).
   { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: applicationInsights.properties.ConnectionString }
   { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identityClientId};Authorization=AAD' }
-  // Python worker: required for HTTP streaming on Python <= 3.12.
+  // Python worker: required for HTTP streaming on Python <= 3.12 (3.13 no longer needs it; harmless there).
   { name: 'PYTHON_ENABLE_INIT_INDEXING', value: '1' }
   // Keyless Azure OpenAI: DefaultAzureCredential picks the user-assigned identity by client id.
   { name: 'AZURE_CLIENT_ID', value: identityClientId }

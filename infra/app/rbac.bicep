@@ -111,3 +111,7 @@ resource developerMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022
     principalType: developerPrincipalType
   }
 }
+
+// Role assignments take a while to reach storage (it answers 403 until then). The predeploy hook reads
+// this time and waits before the first `azd deploy` uploads the package through the app identity.
+output appStorageRoleCreatedOn string = appBlobOwner.properties.createdOn

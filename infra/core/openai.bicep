@@ -15,6 +15,8 @@ param skuName string
 @description('Capacity in units of 1,000 tokens per minute.')
 @minValue(1)
 param capacity int
+@description('Restore a soft-deleted account with this name instead of failing on the name clash.')
+param restore bool = false
 
 resource account 'Microsoft.CognitiveServices/accounts@2024-10-01' = {
   name: name
@@ -26,6 +28,7 @@ resource account 'Microsoft.CognitiveServices/accounts@2024-10-01' = {
   }
   properties: {
     customSubDomainName: name
+    restore: restore
     disableLocalAuth: true
     publicNetworkAccess: 'Enabled'
     networkAcls: {
