@@ -35,6 +35,7 @@ Chunk = dict[str, Any]
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
+_SSE_STARTS = (b"data:", b"event:", b":", b"id:", b"retry:")
 
 #: The largest SSE event accepted (a chat-completion chunk is a few KB): a server that sends an endless
 #: line costs at most this much memory before the answer fails with `upstream_error`.
@@ -62,12 +63,17 @@ class SSEParser:
     Linear in the bytes fed, however they are split: an incomplete event is kept in a bytearray that
     only grows by each new read (never re-copied or re-scanned), up to `max_event_bytes`."""
 
-    __slots__ = ("_cr", "_pending", "max_event_bytes")
+    __slots__ = ("_cr", "_pending", "_sse", "max_event_bytes")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._pending = bytearray()
         self._cr = False  # the last read ended with \r, maybe half of a \r\n
+        self._sse = False  # an event or a comment was seen: the body is an event stream
         self.max_event_bytes = max_event_bytes
+
+    def looks_like_sse(self) -> bool:
+        """Whether anything fed so far was an SSE event, a comment, or the start of one."""
+        return self._sse or self._pending.startswith(_SSE_STARTS)
 
     @property
     def pending_bytes(self) -> int:
@@ -111,8 +117,12 @@ class SSEParser:
                     lines.append(value[1:] if value.startswith(b" ") else value)
                 elif line.startswith(b"event:"):
                     name = line[6:].strip()
+                elif line.startswith(_SSE_STARTS):
+                    self._sse = True
             if lines:
                 events.append((name, b"\n".join(lines)))
+        if events:
+            self._sse = True
         return events
 
 
@@ -316,7 +326,9 @@ class DictChunkStream:
                 raise failure
             # Our aiohttp transport: read its body directly, past the httpx2 wrapper layers.
             body = read_body(raw) if raw is not None else response.aiter_bytes()
+            received = False
             async for data in body:
+                received = True
                 pending: Chunk | None = None
                 pending_text: list[str] = []
                 done = False
@@ -357,6 +369,8 @@ class DictChunkStream:
                         finish(raw)  # ends now even if the server keeps the connection open
                     return
             if not decoder.finished:
+                if received and not parser.looks_like_sse():
+                    raise decoder.junk("a body that is not an event stream")
                 what = (
                     "an empty body" if not decoder.answered and not parser.pending_bytes else "a cut stream"
                 )
