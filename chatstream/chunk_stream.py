@@ -35,6 +35,7 @@ Chunk = dict[str, Any]
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
+_loads = orjson.loads
 _SSE_STARTS = (b"data:", b"event:", b":", b"id:", b"retry:")
 
 #: The largest SSE event accepted (a chat-completion chunk is a few KB): a server that sends an endless
@@ -142,9 +143,28 @@ class _Decoder:
 
     def decode(self, payload: bytes) -> Chunk | None:
         try:
-            chunk = orjson.loads(payload)
+            chunk = _loads(payload)
         except orjson.JSONDecodeError:
             raise self.junk(f"an event that is not JSON: {payload[:200]!r}") from None
+        # The common case, checked inline: one choice, index 0, a delta of text and nothing else.
+        if type(chunk) is dict and "error" not in chunk and "usage" not in chunk:
+            choices = chunk.get("choices")
+            if type(choices) is list and len(choices) == 1:
+                choice = choices[0]
+                if type(choice) is dict:
+                    delta = choice.get("delta")
+                    if (
+                        type(delta) is dict
+                        and len(delta) == 1
+                        and type(delta.get("content")) is str
+                        and choice.get("index", 0) == 0
+                        and choice.get("finish_reason") is None
+                    ):
+                        self.answered = True
+                        return chunk
+        return self._decode_rest(chunk, payload)
+
+    def _decode_rest(self, chunk: Any, payload: bytes) -> Chunk | None:
         if type(chunk) is not dict:
             raise self.junk(f"an event that is not a JSON object: {payload[:200]!r}")
         if chunk.get("error"):
