@@ -11,8 +11,9 @@ Three rules of its own. Redirects are never followed, by aiohttp or by the httpx
 configured, and a redirect elsewhere would send the prompt and the key to another host. Idle pooled
 connections expire before the upstream's own idle close (`KEEPALIVE_SECONDS`). And a request on a
 *reused* connection that the server closed at that very moment (nothing of a response arrived) is sent
-once more on a fresh connection: the server cannot have answered it, so the caller cannot see text
-twice (the model may, rarely, have started work that nobody reads).
+again (on the next pooled connection, or a fresh one): the server cannot have answered it, so the caller
+cannot see text twice (the model may, rarely, have started work that nobody reads). A request on a
+fresh connection, or one that got any byte back, is never sent twice.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ LINGER_BYTES = 64 * 1024
 
 #: A reused connection that failed with one of these before any byte of the response came back.
 _STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+#: After a burst every idle connection of the pool may be stale: one retry per stale one, at most this many.
+_MAX_STALE_RETRIES = 32
 
 
 @contextlib.contextmanager
@@ -236,7 +239,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         )
         data = request.content or None
         with mapped_errors(connecting=True):
-            for attempt in (1, 2):
+            # Each stale pooled connection fails once and is closed, so this ends at the first fresh
+            # connection (or a live pooled one); the cap only guards against a pool that never drains.
+            for attempt in range(1, _MAX_STALE_RETRIES + 2):
                 trace = SimpleNamespace(reused=False)
                 try:
                     response = await session.request(
@@ -252,7 +257,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                     )
                     break
                 except aiohttp.ClientError as exc:
-                    if attempt == 2 or not trace.reused or not _stale(exc):
+                    if attempt > _MAX_STALE_RETRIES or not trace.reused or not _stale(exc):
                         raise
                     log.info("upstream closed a pooled connection as it was reused (%r); sending again", exc)
         # aiohttp decodes any content-encoding itself, so httpx2 must not try again. A redirect's
