@@ -413,12 +413,13 @@ class _KeepAliveUpstream:
     """A keep-alive script that remembers when each connection last finished an answer."""
 
     def __init__(self) -> None:
-        self.last_end: dict[int, float] = {}
+        #: By writer object, not id(): a closed connection's id may be reused by a fresh one.
+        self.last_end: dict[object, float] = {}
         self.dropped = 0
         self.served = 0
 
     async def __call__(self, conn: Conn) -> bool:
-        key = id(conn.writer)
+        key = conn.writer
         last = self.last_end.get(key)
         if last is not None and time.monotonic() - last >= UPSTREAM_IDLE_CLOSE:
             self.dropped += 1
