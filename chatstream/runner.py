@@ -60,8 +60,16 @@ def _text(content: Any) -> str:
 _NOT_IN_ANSWER = frozenset({"start", "delta", "end", "tool_call_delta"})
 
 #: Failures worth another attempt while nothing has been sent (the rest will not get better).
+#: `upstream_interrupted` before the first chunk is an empty or cut 200 body: nothing reached the caller.
 RETRYABLE_CODES = frozenset(
-    {"rate_limited", "upstream_timeout", "upstream_unavailable", "upstream_error", "upstream_overloaded"}
+    {
+        "rate_limited",
+        "upstream_timeout",
+        "upstream_unavailable",
+        "upstream_error",
+        "upstream_overloaded",
+        "upstream_interrupted",
+    }
 )
 _BACKOFF_BASE_SECONDS = 0.5
 _BACKOFF_CAP_SECONDS = 4.0

@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 
+from chatstream.chunk_stream import StreamTruncated, UpstreamProtocolError
 from chatstream.errors import ChatError
 
 log = logging.getLogger("chatstream.upstream")
@@ -78,6 +79,8 @@ def _status_error(exc: openai.APIStatusError) -> ChatError:
         return ChatError(
             502, "deployment_not_found", "the configured model deployment does not exist", retryable=False
         )
+    if 300 <= status < 400:  # redirects are never followed (aiohttp_transport)
+        return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)
     if status in (408, 504):
         return ChatError(504, "upstream_timeout", "the model did not answer in time", retryable=True)
     if status == 503:
@@ -103,6 +106,17 @@ def to_chat_error(exc: BaseException, *, started: bool = False, request_id: str 
     log.warning(
         "upstream failure request_id=%s started=%s: %s: %s", request_id, started, type(exc).__name__, exc
     )
+    if isinstance(exc, StreamTruncated):
+        return ChatError(
+            502,
+            "upstream_interrupted",
+            "the model service ended the answer before it was complete",
+            retryable=True,
+        )
+    if isinstance(exc, UpstreamProtocolError):
+        return ChatError(
+            502, "upstream_error", "the model service sent something that is not an answer", retryable=True
+        )
     if isinstance(exc, openai.APITimeoutError):
         if started:
             return ChatError(504, "upstream_timeout", "the model stopped sending mid-answer", retryable=True)

@@ -59,3 +59,43 @@ def test_no_proxy_hosts_are_reached_directly(monkeypatch: pytest.MonkeyPatch) ->
         assert len(direct) == 1 and direct[0].startswith(b"POST /v1/chat HTTP/1.1")
 
     asyncio.run(scenario())
+
+
+def test_redirects_are_not_followed_even_by_a_client_that_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The openai SDK's httpx2 client follows redirects by default: the transport hides the Location."""
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+
+    async def scenario() -> None:
+        elsewhere: list[bytes] = []
+        other = await _fake_proxy(elsewhere)
+        target = f"http://127.0.0.1:{other.sockets[0].getsockname()[1]}/v1/chat"
+
+        async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat"
+        async with httpx2.AsyncClient(transport=AiohttpTransport(), follow_redirects=True) as client:
+            response = await client.post(url, content=b"{}")
+        server.close()
+        other.close()
+        assert response.status_code == 307
+        assert "location" not in response.headers
+        assert elsewhere == []
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_expire_before_a_five_second_server_idle_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CHAT_UPSTREAM_POOL_KEEPALIVE_SECONDS", raising=False)
+    assert AiohttpTransport().keepalive_timeout <= 4.0
+    monkeypatch.setenv("CHAT_UPSTREAM_POOL_KEEPALIVE_SECONDS", "0.8")
+    assert AiohttpTransport().keepalive_timeout == 0.8

@@ -4,6 +4,7 @@ with LangChain's own path."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from langchain_core.messages import AIMessageChunk, HumanMessage
 
 from chains.chat import build_chat_chain
 from chains.registry import ChainContext
-from chatstream.chunk_stream import SSEParser
+from chatstream.chunk_stream import EventTooLarge, SSEParser
 from chatstream.lean_model import LeanAzureChatOpenAI
 
 
@@ -23,6 +24,52 @@ def test_sse_parser_handles_split_reads_crlf_comments_and_multiline_data():
     for i in range(len(wire)):  # one byte per read: every split point, including inside \r\n
         events += parser.feed(wire[i : i + 1])
     assert events == [(None, b'{"a":1}'), (b"error", b'{"b":\n2}'), (None, b'{"c":3}')]
+
+
+def test_sse_parser_is_linear_in_the_bytes_fed():
+    """A 1 MB event in 1-byte reads: the incomplete event only grows (the old parser re-copied and
+    re-split the whole buffer on every read: about 10^12 byte operations here, effectively a hang)."""
+    event = b"data: " + b"x" * (1 << 20) + b"\n\n"
+    parser = SSEParser()
+    result: list[list[tuple[bytes | None, bytes]]] = []
+
+    def feed() -> None:
+        events = []
+        for i in range(len(event)):
+            events += parser.feed(event[i : i + 1])
+            if i == len(event) // 2:
+                assert parser.pending_bytes == i + 1  # held once, not once per read
+        result.append(events)
+
+    worker = threading.Thread(target=feed, daemon=True)
+    worker.start()
+    worker.join(120)  # about a second of work; the bound only stops a quadratic parser from hanging CI
+    assert not worker.is_alive(), "feeding 1 MB byte by byte did not finish: the parser is not linear"
+    assert result == [[(None, b"x" * (1 << 20))]]
+    assert parser.pending_bytes == 0
+
+
+def test_sse_parser_bounds_an_endless_line():
+    parser = SSEParser(max_event_bytes=1000)
+    parser.feed(b"data: ok\n\ndata: ")
+    with pytest.raises(EventTooLarge):
+        for _ in range(100):
+            parser.feed(b"a" * 100)
+    assert parser.pending_bytes == 0  # the held bytes are let go
+    with pytest.raises(EventTooLarge):  # one read over the limit is refused at once
+        SSEParser(max_event_bytes=1000).feed(b"data: " + b"a" * 2000)
+
+
+def test_sse_parser_finds_boundaries_split_across_reads():
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n") == []
+    assert parser.feed(b"\ndata: b\r") == [(None, b"a")]
+    assert parser.feed(b"\n\r\n") == [(None, b"b")]
+    assert parser.feed(b": comment only\n\n") == []
+    assert parser.looks_like_sse()
+    html = SSEParser()
+    assert html.feed(b"<html>\n\n<body>oops</body>\n\n") == []
+    assert not html.looks_like_sse()
 
 
 def _model(url: str, **kwargs: Any) -> LeanAzureChatOpenAI:
