@@ -4,14 +4,25 @@ caller to the app to a misbehaving model server (tests/support/hostile.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 import math
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
+from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import ai as langchain_ai
+from langchain_core.messages.tool import tool_call_chunk
 
+from chains.example_tools import example_tools
+from chains.registry import ChainContext
+from chains.tools import Turn, build_tool_loop
 from chatstream.upstream import MAX_RETRY_AFTER_SECONDS, _retry_after, retry_after_header
-from tests.support.hostile import Conn, HostileUpstream
-from tests.test_resilience import assert_no_leak
+from tests.support.hostile import Conn, HostileUpstream, chunk, usage
+from tests.test_resilience import assert_no_leak, deltas, read_sse
 
 
 def _post(url: str, prompt: str, headers: dict[str, str] | None = None, **body: object) -> httpx.Response:
@@ -103,3 +114,198 @@ def test_the_retry_after_header_is_whole_seconds_between_1_and_the_cap() -> None
     assert retry_after_header(2.1) == {"Retry-After": "3"}
     assert retry_after_header(math.inf) == {}
     assert retry_after_header(1e300) == {"Retry-After": str(int(MAX_RETRY_AFTER_SECONDS))}
+
+
+# --- Tool-call arguments in thousands of tiny fragments: assembled exactly, in linear time. ---
+
+
+def _fragments(text: str) -> list[str]:
+    """1 to 4 characters each, in a fixed rotation."""
+    parts, start, sizes = [], 0, itertools.cycle((1, 3, 2, 4, 1, 1, 4))
+    while start < len(text):
+        size = next(sizes)
+        parts.append(text[start : start + size])
+        start += size
+    return parts
+
+
+#: 24 KB of calculator arguments (far over the calculator's own limit, so the tool refuses them and the
+#: model is told), with non-ASCII characters so a fragment boundary can fall anywhere.
+HUGE_ARGS = json.dumps({"expression": "1+" * 12_000 + "1", "note": "é€𝄞"}, ensure_ascii=False)
+
+
+def test_tool_call_arguments_in_thousands_of_fragments_are_assembled_exactly(
+    hostile_app, hostile: HostileUpstream
+) -> None:
+    fragments = _fragments(HUGE_ARGS)
+    assert len(fragments) > 10_000
+
+    async def tools(conn: Conn) -> bool:
+        messages = conn.request.json()["messages"]
+        await conn.head()
+        if any(m["role"] == "tool" for m in messages):  # round 2: the tools answered; the model answers
+            await conn.event(chunk("", role="assistant"))
+            await conn.event(chunk("The expression was too long."))
+            await conn.event(chunk(finish_reason="stop"))
+        else:
+            calls = [
+                {
+                    "index": 0,
+                    "id": "call_big",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": ""},
+                },
+                {
+                    "index": 1,
+                    "id": "call_bad",
+                    "type": "function",
+                    "function": {"name": "rm_rf", "arguments": "{}"},
+                },
+            ]
+            await conn.event(chunk(role="assistant", tool_calls=calls))
+            for fragment in fragments:
+                await conn.event(chunk(tool_calls=[{"index": 0, "function": {"arguments": fragment}}]))
+            await conn.event(chunk(finish_reason="tool_calls"))
+        await conn.event(chunk(usage=usage(10, 5)))
+        await conn.send(b"data: [DONE]\n\n")
+        return False
+
+    hostile.script("huge-tool-args", tools)
+    with httpx.stream(
+        "POST",
+        f"{hostile_app.url}/api/chat",
+        json={"user": "[hostile:huge-tool-args]", "chain": "tools"},
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        events, _pings, done = read_sse(response)
+    assert done
+    calls = {e["id"]: e for e in events if e["type"] == "tool_call"}
+    assert calls["call_big"]["name"] == "calculator"
+    assert calls["call_big"]["arguments"] == HUGE_ARGS
+    assert calls["call_bad"]["arguments"] == "{}"
+    streamed = "".join(
+        e["arguments_delta"] for e in events if e["type"] == "tool_call_delta" and e["index"] == 0
+    )
+    assert streamed == HUGE_ARGS
+    errors = {e["id"]: e["message"] for e in events if e["type"] == "tool_error"}
+    assert "longer than" in errors["call_big"]  # the calculator refused; it never evaluated anything
+    assert errors["call_bad"] == "unknown tool 'rm_rf'"
+    assert deltas(events) == "The expression was too long."
+    assert events[-1]["type"] == "end" and events[-1]["finish_reason"] == "stop"
+    # The second model call got the exact arguments back, and both tools' errors as tool messages.
+    assert len(hostile.seen) == 2
+    second = hostile.seen[1].json()["messages"]
+    assistant = next(m for m in second if m["role"] == "assistant")
+    sent = {c["id"]: c["function"]["arguments"] for c in assistant["tool_calls"]}
+    assert json.loads(sent["call_big"]) == json.loads(HUGE_ARGS)
+    results = {m["tool_call_id"]: m["content"] for m in second if m["role"] == "tool"}
+    assert results["call_big"].startswith("Error:") and "rm_rf" in results["call_bad"]
+
+
+class _ScriptedModel:
+    """A chat model stand-in for the tools chain: each call streams the next scripted list of chunks."""
+
+    def __init__(self, rounds: list[list[AIMessageChunk]]) -> None:
+        self.rounds = iter(rounds)
+        self.calls: list[list[Any]] = []
+
+    def bind_tools(self, tools: list[Any]) -> _ScriptedModel:
+        return self
+
+    async def astream(self, messages: list[Any], config: Any = None) -> AsyncIterator[AIMessageChunk]:
+        self.calls.append(list(messages))
+        for item in next(self.rounds):
+            yield item
+
+
+def _tool_round(args: str) -> list[AIMessageChunk]:
+    first = AIMessageChunk(
+        content="", tool_call_chunks=[tool_call_chunk(name="calculator", args="", id="call_1", index=0)]
+    )
+    rest = [
+        AIMessageChunk(content="", tool_call_chunks=[tool_call_chunk(name=None, args=part, id=None, index=0)])
+        for part in _fragments(args)
+    ]
+    return [first, *rest, AIMessageChunk(content="", response_metadata={"finish_reason": "tool_calls"})]
+
+
+def test_the_tools_chain_parses_streamed_arguments_once_not_once_per_fragment(monkeypatch) -> None:
+    """Linear by structure, not by timing: LangChain parses a turn's tool-call arguments each time it
+    builds a message from them. Summing the turn chunk by chunk (the old code) parsed every prefix of the
+    arguments, quadratic in their length; now each fragment is parsed once where the model built its
+    chunk, and the whole arguments once at the end of the turn."""
+    args = json.dumps({"expression": "2*3", "pad": "x" * 16_000})
+    model = _ScriptedModel([_tool_round(args), [AIMessageChunk(content="6")]])
+    parsed: list[int] = []
+    real = langchain_ai.parse_partial_json
+
+    def counting(text: str, *a: Any, **k: Any) -> Any:
+        parsed.append(len(text))
+        return real(text, *a, **k)
+
+    monkeypatch.setattr(langchain_ai, "parse_partial_json", counting)
+    chain = build_tool_loop(ChainContext(model=model, system_prompt="s", chat_model=model), example_tools())  # type: ignore[arg-type]
+
+    async def run() -> list[Any]:
+        return [item async for item in chain.astream({"history": [], "question": "q"})]
+
+    items = asyncio.run(run())
+    assert sum(parsed) <= 2 * len(args) + 1000, f"{len(parsed)} parses, {sum(parsed)} characters"
+    results = [i for i in items if isinstance(i, dict) and i["type"] in ("tool_result", "tool_error")]
+    assert results == [{"type": "tool_result", "id": "call_1", "name": "calculator", "content": "6"}]
+    assert len(model.calls) == 2
+    assistant = model.calls[1][-2]
+    assert assistant.tool_calls[0]["args"] == json.loads(args)
+
+
+TURN_CASES = {
+    "text only": [AIMessageChunk(content="Hel", id="run-1"), AIMessageChunk(content="lo")],
+    "parallel calls": [
+        AIMessageChunk(content="", id="run-1", response_metadata={"model_provider": "openai"}),
+        AIMessageChunk(
+            content="Let me ", tool_call_chunks=[tool_call_chunk(name="calculator", args="", id="a", index=0)]
+        ),
+        AIMessageChunk(
+            content="check",
+            tool_call_chunks=[
+                tool_call_chunk(name=None, args='{"expr', id=None, index=0),
+                tool_call_chunk(name="utc_time", args="", id="b", index=1),
+            ],
+        ),
+        AIMessageChunk(
+            content="",
+            tool_call_chunks=[
+                tool_call_chunk(name=None, args='ession": "1+2"}', id=None, index=0),
+                tool_call_chunk(name=None, args="{}", id=None, index=1),
+            ],
+        ),
+        AIMessageChunk(
+            content="",
+            response_metadata={"finish_reason": "tool_calls"},
+            usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+            chunk_position="last",
+        ),
+    ],
+    "invalid arguments": [
+        AIMessageChunk(
+            content="", tool_call_chunks=[tool_call_chunk(name="calculator", args="[1,", id="c", index=0)]
+        ),
+        AIMessageChunk(
+            content="", tool_call_chunks=[tool_call_chunk(name=None, args=" 2]", id=None, index=0)]
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(TURN_CASES))
+def test_a_turn_merged_once_equals_the_sum_of_its_chunks(case: str) -> None:
+    chunks = TURN_CASES[case]
+    turn = Turn()
+    for item in chunks:
+        turn.add(item)
+    expected = chunks[0]
+    for item in chunks[1:]:
+        expected = expected + item
+    assert turn.message() == expected
+    assert Turn().message() is None
