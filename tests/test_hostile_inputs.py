@@ -8,6 +8,8 @@ import asyncio
 import itertools
 import json
 import math
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +19,13 @@ from langchain_core.messages import AIMessageChunk
 from langchain_core.messages import ai as langchain_ai
 from langchain_core.messages.tool import tool_call_chunk
 
+from aoai_simulator.placement import azure_marker
 from chains.example_tools import example_tools
 from chains.registry import ChainContext
 from chains.tools import Turn, build_tool_loop
 from chatstream.upstream import MAX_RETRY_AFTER_SECONDS, _retry_after, retry_after_header
+from funchost.testing import free_port
+from tests.conftest import REPO_ROOT, app_env, start_app
 from tests.support.hostile import Conn, HostileUpstream, chunk, usage
 from tests.test_resilience import assert_no_leak, deltas, read_sse
 
@@ -309,3 +314,87 @@ def test_a_turn_merged_once_equals_the_sum_of_its_chunks(case: str) -> None:
         expected = expected + item
     assert turn.message() == expected
     assert Turn().message() is None
+
+
+# --- Small leaks: a 503 names the setting to fix, never its value. ---
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("AZURE_OPENAI_ENDPOINT", "ftp://secret-host.example/x"),
+        ("AZURE_OPENAI_ENDPOINT", "secret-host.example"),
+        ("AZURE_OPENAI_ENDPOINT", "http://[secret-host.example"),
+        ("OPENAI_BASE_URL", "file:///srv/secret-host/v1"),
+    ],
+)
+def test_not_configured_names_the_setting_but_never_its_value(setting: str, value: str) -> None:
+    app = start_app(**{setting: value, "AZURE_OPENAI_API_KEY": "x", "OPENAI_MODEL": "m"})
+    try:
+        for body in ({"user": "hi"}, {"user": "hi", "stream": False}):
+            response = httpx.post(f"{app.url}/api/chat", json=body, timeout=30)
+            assert response.status_code == 503
+            error = response.json()["error"]
+            assert error["code"] == "not_configured"
+            assert setting in error["message"]
+            assert "secret-host" not in response.text
+        assert "secret-host" in app.output  # the operator's log keeps the detail
+    finally:
+        app.stop()
+
+
+# --- The simulated deployment never stands in for the model inside Azure, unless forced. ---
+
+
+@pytest.mark.parametrize("marker", ["WEBSITE_SITE_NAME", "WEBSITE_INSTANCE_ID"])
+def test_the_simulator_refuses_to_answer_inside_azure(marker: str) -> None:
+    app = start_app(**{marker: "chat-func-prod", "SIMULATOR_PORT": str(free_port())})
+    try:
+        response = httpx.post(f"{app.url}/api/chat", json={"user": "hi"}, timeout=30)
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["code"] == "not_configured" and "AZURE_OPENAI_ENDPOINT" in error["message"]
+        assert "SIMULATOR_ALLOW_IN_AZURE" in app.output and marker in app.output
+    finally:
+        app.stop()
+
+
+def test_the_simulator_answers_inside_azure_when_forced() -> None:
+    app = start_app(
+        WEBSITE_SITE_NAME="chat-func-demo",
+        WEBSITE_INSTANCE_ID="0123abcd",
+        SIMULATOR_ALLOW_IN_AZURE="true",
+        SIMULATOR_PORT=str(free_port()),
+        SIMULATOR_TTFT_MS="0",
+        SIMULATOR_TOKEN_DELAY_MS="0",
+    )
+    try:
+        with httpx.stream("POST", f"{app.url}/api/chat", json={"user": "hello"}, timeout=30) as response:
+            assert response.status_code == 200
+            events, _pings, done = read_sse(response)
+        assert done and deltas(events).startswith('You asked: "hello"')
+    finally:
+        app.stop()
+
+
+def test_the_standalone_simulator_refuses_to_start_inside_azure() -> None:
+    env = {**app_env(), "WEBSITE_SITE_NAME": "chat-func-prod"}
+    env.pop("SIMULATOR_ALLOW_IN_AZURE", None)
+    refused = subprocess.run(
+        [sys.executable, "-m", "aoai_simulator", "--port", "0"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "WEBSITE_SITE_NAME" in refused.stderr and "--allow-in-azure" in refused.stderr
+
+
+def test_only_the_platform_variables_mean_azure() -> None:
+    assert azure_marker({}) is None
+    assert azure_marker({"CONTAINER_NAME": "dev-box", "FUNCTIONS_WORKER_RUNTIME": "python"}) is None
+    assert azure_marker({"WEBSITE_SITE_NAME": "  "}) is None
+    assert azure_marker({"WEBSITE_SITE_NAME": "chat-func"}) == "WEBSITE_SITE_NAME"
+    assert azure_marker({"CONTAINER_APP_NAME": "chat"}) == "CONTAINER_APP_NAME"
