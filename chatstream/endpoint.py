@@ -76,6 +76,14 @@ def parse_request(body: bytes, service: ChatService) -> ChatRequest:
         raise errors.from_validation_error(exc) from None
 
 
+def stream_format(request: Request) -> encoding.WireFormat:
+    """SSE or NDJSON as `Accept` prefers; 406 when it refuses both."""
+    wire = encoding.choose(request.headers.get("accept"))
+    if wire is None:
+        raise errors.not_acceptable()
+    return wire
+
+
 def deadline_error(seconds: float) -> ChatError:
     return ChatError(
         504, "deadline_exceeded", f"the answer took longer than the {seconds:g} s limit", retryable=True
@@ -136,13 +144,15 @@ class ChatEndpoint:
         try:
             body = await read_body(request, self.service.settings.max_body_bytes)
             chat_request = parse_request(body, self.service)
+            # Checked before the model is called: a 406 costs nothing upstream.
+            wire = stream_format(request) if chat_request.stream else encoding.SSE
             run = self.service.run(chat_request, request_id)
             if not chat_request.stream:
                 assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
                 answer = await _unless_client_leaves(request, run, collect(run))
                 headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
                 return JSONResponse(answer, headers=headers)
-            return await self._stream(request, run, cors)
+            return await self._stream(request, run, wire, cors)
         except ClientGone:
             return Response(status_code=499, headers={"X-Request-Id": request_id})
         except ChatError as error:
@@ -162,7 +172,9 @@ class ChatEndpoint:
         """The chains and deployments a request may name; `no-cache` so a changed setting shows at once."""
         return JSONResponse(self.service.catalog(), headers={"Cache-Control": "no-cache"})
 
-    async def _stream(self, request: Request, run: ChainRun | MultiRun, cors: dict[str, str]) -> Response:
+    async def _stream(
+        self, request: Request, run: ChainRun | MultiRun, wire: encoding.WireFormat, cors: dict[str, str]
+    ) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
         settings = self.service.settings
@@ -195,7 +207,7 @@ class ChatEndpoint:
             run,
             first,
             stream,
-            encoding.choose(request.headers.get("accept")),
+            wire,
             heartbeat_seconds=settings.heartbeat_seconds,
             deadline_at=deadline_at,
             deadline_error=deadline_error(settings.deadline_seconds),

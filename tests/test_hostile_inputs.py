@@ -23,6 +23,7 @@ from aoai_simulator.placement import azure_marker
 from chains.example_tools import example_tools
 from chains.registry import ChainContext
 from chains.tools import Turn, build_tool_loop
+from chatstream import encoding
 from chatstream.upstream import MAX_RETRY_AFTER_SECONDS, _retry_after, retry_after_header
 from funchost.testing import free_port
 from tests.conftest import REPO_ROOT, app_env, start_app
@@ -398,3 +399,79 @@ def test_only_the_platform_variables_mean_azure() -> None:
     assert azure_marker({"WEBSITE_SITE_NAME": "  "}) is None
     assert azure_marker({"WEBSITE_SITE_NAME": "chat-func"}) == "WEBSITE_SITE_NAME"
     assert azure_marker({"CONTAINER_APP_NAME": "chat"}) == "CONTAINER_APP_NAME"
+
+
+# --- Accept honours q-values: a format given q=0 is never chosen. ---
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "text/event-stream"),
+        ("", "text/event-stream"),
+        ("*/*", "text/event-stream"),
+        ("text/event-stream", "text/event-stream"),
+        ("application/x-ndjson", "application/x-ndjson"),
+        ("text/event-stream;q=0, application/x-ndjson", "application/x-ndjson"),
+        ("application/x-ndjson;q=0.5, text/event-stream;q=0.9", "text/event-stream"),
+        ("application/x-ndjson;q=0.9, text/event-stream;q=0.5", "application/x-ndjson"),
+        ("application/x-ndjson, text/event-stream", "text/event-stream"),  # a tie: SSE
+        ("application/x-ndjson, */*;q=0.1", "application/x-ndjson"),
+        ("text/event-stream;q=0", "application/x-ndjson"),  # the only one not refused
+        ("TEXT/Event-Stream ; Q=0 , Application/X-NDJSON", "application/x-ndjson"),
+        ("text/*;q=0.2, application/*;q=0.3", "application/x-ndjson"),
+        ("text/event-stream;q=0, */*", "application/x-ndjson"),  # the exact range beats */*
+        ("application/json", "text/event-stream"),  # neither mentioned: the default, as before
+        ("text/event-stream;charset=utf-8", "text/event-stream"),
+        ("text/event-stream;q=2, application/x-ndjson;q=0.9", "text/event-stream"),  # q clamped to 1
+        (";;;, ,/,*/, garbage, q=0, text/event-stream;q=abc", "text/event-stream"),  # junk is skipped
+        ("application/x-ndjson;q=nan, text/event-stream;q=-1", "application/x-ndjson"),  # -1 is 0
+        ("text/event-stream;q=0, application/x-ndjson;q=0", None),
+        ("*/*;q=0", None),
+        ("text/*;q=0, application/x-ndjson;q=0.000", None),
+    ],
+)
+def test_accept_q_values(accept: str | None, expected: str | None) -> None:
+    chosen = encoding.choose(accept)
+    assert (chosen.media_type if chosen else None) == expected
+
+
+def test_choosing_is_bounded_for_a_huge_accept_header() -> None:
+    accept = ", ".join(["application/json;q=0.1"] * 100_000 + ["application/x-ndjson"])
+    assert encoding.choose(accept) is encoding.SSE  # only the first ranges count
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("text/event-stream;q=0, application/x-ndjson", "application/x-ndjson"),
+        ("application/x-ndjson;q=0.5, text/event-stream;q=0.9", "text/event-stream"),
+    ],
+)
+def test_accept_q_values_end_to_end(app, accept: str, media_type: str) -> None:
+    with httpx.stream(
+        "POST", f"{app.url}/api/chat", json={"user": "hi"}, headers={"Accept": accept}, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(media_type)
+        text = response.read().decode()
+    if media_type == "application/x-ndjson":
+        events = [json.loads(line) for line in text.splitlines()]
+        assert events[0]["type"] == "start" and events[-1]["type"] == "end"
+    else:
+        assert text.startswith("data: {") and text.endswith("data: [DONE]\n\n")
+
+
+def test_an_accept_that_refuses_both_stream_formats_is_406_before_the_model_is_called(
+    app, paced_simulator
+) -> None:
+    accept = {"Accept": "text/event-stream;q=0, application/x-ndjson;q=0"}
+    response = httpx.post(f"{app.url}/api/chat", json={"user": "hi"}, headers=accept, timeout=30)
+    assert response.status_code == 406
+    assert response.json()["error"]["code"] == "not_acceptable"
+    assert paced_simulator.stats()["requests_total"] == 0
+    # One JSON answer does not stream, so the same header is fine with "stream": false.
+    answer = httpx.post(
+        f"{app.url}/api/chat", json={"user": "hi", "stream": False}, headers=accept, timeout=30
+    )
+    assert answer.status_code == 200 and answer.json()["content"]
