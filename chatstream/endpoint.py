@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from chatstream import encoding, errors
@@ -59,10 +59,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.body_too_large(limit)
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise errors.body_too_large(limit)
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise errors.body_too_large(limit)
+    except ClientDisconnect:  # gone mid-body (or cut off by the host's read timeout): nobody to answer
+        raise ClientGone from None
     return bytes(body)
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from chatstream.upstream import MAX_RETRY_AFTER_SECONDS, _retry_after, retry_aft
 from funchost.testing import free_port
 from tests.conftest import REPO_ROOT, app_env, start_app
 from tests.support.hostile import Conn, HostileUpstream, chunk, usage
+from tests.test_funchost import CUT_OFF_WITHIN, trickle
 from tests.test_resilience import assert_no_leak, deltas, read_sse
 
 
@@ -475,3 +477,56 @@ def test_an_accept_that_refuses_both_stream_formats_is_406_before_the_model_is_c
         f"{app.url}/api/chat", json={"user": "hi", "stream": False}, headers=accept, timeout=30
     )
     assert answer.status_code == 200 and answer.json()["content"]
+
+
+# --- Slow callers: the local host cuts off a request that trickles in, as Azure's front end would. ---
+
+
+@pytest.fixture
+def strict_app(simulator):
+    app = start_app(
+        AZURE_OPENAI_ENDPOINT=simulator.url,
+        AZURE_OPENAI_API_KEY="test-key",
+        FUNCHOST_HEADER_TIMEOUT_SECONDS="1",
+        FUNCHOST_BODY_TIMEOUT_SECONDS="1.5",
+    )
+    yield app
+    app.stop()
+
+
+def test_a_chat_request_that_trickles_in_gets_408_and_the_app_keeps_streaming_for_others(
+    strict_app, simulator
+) -> None:
+    port = int(strict_app.url.rsplit(":", 1)[1])
+    body = json.dumps({"user": "x" * 400}).encode()
+    head = (
+        f"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    results: dict[str, tuple[bytes, float]] = {}
+    slow = [
+        threading.Thread(target=lambda: results.update(body=trickle(port, head, body))),
+        threading.Thread(target=lambda: results.update(headers=trickle(port, b"", head + body))),
+    ]
+    for thread in slow:
+        thread.start()
+    try:
+        for _ in range(3):  # meanwhile everyone else is served, streams and all
+            with httpx.stream(
+                "POST", f"{strict_app.url}/api/chat", json={"user": "hi"}, timeout=30
+            ) as response:
+                assert response.status_code == 200
+                events, _pings, done = read_sse(response)
+            assert done and events[-1]["type"] == "end"
+    finally:
+        for thread in slow:
+            thread.join(CUT_OFF_WITHIN + 5)
+    for phase in ("body", "headers"):
+        received, elapsed = results[phase]
+        assert received.startswith(b"HTTP/1.1 408 "), received[:200]
+        error = json.loads(received.partition(b"\r\n\r\n")[2])["error"]
+        assert error["code"] == "request_timeout" and phase in error["message"]
+        assert elapsed < CUT_OFF_WITHIN
+    # No model call for the cut-off requests, and no stack trace for what is the caller's doing.
+    assert simulator.stats()["requests_total"] == 3
+    assert "Traceback" not in strict_app.output and "request read timeout" in strict_app.output
