@@ -92,10 +92,10 @@ class Turn:
                 self._by_index[index] = call
         elif call_id and not call.call_id:
             call.call_id = call_id
-        if part.get("name"):
-            call.name.append(part["name"])
-        if part.get("args"):
-            call.args.append(part["args"])
+        if name := part.get("name"):
+            call.name.append(name)
+        if args := part.get("args"):
+            call.args.append(args)
 
     def message(self) -> AIMessageChunk | None:
         """The whole turn as LangChain's sum of its chunks would be; None if the model sent nothing."""

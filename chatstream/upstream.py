@@ -29,6 +29,7 @@ def _hint_seconds(raw: str, divisor: float) -> float | None:
     """One header value as seconds: a number (`retry-after-ms` or `Retry-After`) or, for
     `Retry-After` only, an HTTP-date. NaN, negative and unparsable values are no hint at all."""
     text = raw.strip()
+    value: float | None
     try:
         value = float(text) / divisor
     except (ValueError, OverflowError):
