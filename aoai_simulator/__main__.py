@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import SimulatorConfig
+from .placement import ALLOW_SETTING, allowed_by_env, azure_marker
 from .server import serve
 
 
@@ -40,6 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         help="bind a fault spec to a deployment, e.g. flaky=503;times=1 (repeatable)",
     )
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--allow-in-azure",
+        action="store_true",
+        default=allowed_by_env(),
+        help=f"start even inside Azure (WEBSITE_SITE_NAME etc. set); also {ALLOW_SETTING}=true",
+    )
     args = parser.parse_args(argv)
     faults = dict(item.split("=", 1) for item in args.fault if "=" in item)
     config = env.with_overrides(
@@ -58,6 +65,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, config = parse_args(argv)
+    marker = azure_marker()
+    if marker and not args.allow_in_azure:
+        print(
+            f"aoai_simulator: refusing to start: {marker} is set, so this runs in Azure, where simulated "
+            f"answers would pass for a real model; use --allow-in-azure or {ALLOW_SETTING}=true to force it",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
     def ready(url: str) -> None:
         print(f"aoai_simulator listening on {url}", flush=True)

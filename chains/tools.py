@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.ai import add_ai_message_chunks
+from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from langchain_core.tools import BaseTool
 
@@ -37,6 +39,80 @@ def rounds_exceeded(rounds: int) -> ChatError:
         f"the model still asked for tools after {rounds} rounds; no answer was produced",
         retryable=False,
     )
+
+
+class _CallParts:
+    """One tool call's fragments as they arrive; joined once when the turn is complete."""
+
+    __slots__ = ("args", "call_id", "index", "name")
+
+    def __init__(self, index: int | None, call_id: str | None) -> None:
+        self.index = index
+        self.call_id = call_id
+        self.name: list[str] = []
+        self.args: list[str] = []
+
+    def chunk(self) -> ToolCallChunk:
+        return tool_call_chunk(
+            name="".join(self.name) or None, args="".join(self.args), id=self.call_id, index=self.index
+        )
+
+
+class Turn:
+    """One streamed model turn, merged once at its end: linear in the size of the turn.
+
+    `turn = turn + chunk` re-merged the whole turn and re-parsed every tool call's arguments so far
+    on each chunk, so arguments streamed in small fragments cost quadratic CPU (seconds for 16 KB),
+    and a caller's prompt can make a model do that. Here tool-call fragments go into lists by index
+    (the same grouping as LangChain's merge: one call per index unless a different id starts a new
+    one), the rest of each chunk is merged by LangChain in one pass, and the arguments are parsed once.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[AIMessageChunk] = []
+        self._calls: list[_CallParts] = []
+        self._by_index: dict[int, _CallParts] = {}
+
+    def add(self, chunk: AIMessageChunk) -> None:
+        if chunk.tool_call_chunks:
+            for part in chunk.tool_call_chunks:
+                self._add_part(part)
+            chunk = chunk.model_copy(
+                update={"tool_call_chunks": [], "tool_calls": [], "invalid_tool_calls": []}
+            )
+        self._chunks.append(chunk)
+
+    def _add_part(self, part: ToolCallChunk) -> None:
+        index, call_id = part.get("index"), part.get("id") or None
+        call = self._by_index.get(index) if isinstance(index, int) else None
+        if call is None or (call_id and call.call_id and call_id != call.call_id):
+            call = _CallParts(index, call_id)
+            self._calls.append(call)
+            if isinstance(index, int):
+                self._by_index[index] = call
+        elif call_id and not call.call_id:
+            call.call_id = call_id
+        if name := part.get("name"):
+            call.name.append(name)
+        if args := part.get("args"):
+            call.args.append(args)
+
+    def message(self) -> AIMessageChunk | None:
+        """The whole turn as LangChain's sum of its chunks would be; None if the model sent nothing."""
+        if not self._chunks:
+            return None
+        merged = add_ai_message_chunks(*self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        if not self._calls:
+            return merged
+        return AIMessageChunk(
+            content=merged.content,
+            additional_kwargs=merged.additional_kwargs,
+            response_metadata=merged.response_metadata,
+            usage_metadata=merged.usage_metadata,
+            id=merged.id,
+            chunk_position=merged.chunk_position,
+            tool_call_chunks=[call.chunk() for call in self._calls],
+        )
 
 
 def _invalid(call: Any) -> dict[str, Any]:
@@ -73,10 +149,11 @@ def build_tool_loop(context: ChainContext, tools: Sequence[BaseTool]) -> Runnabl
             HumanMessage(content=request["question"]),
         ]
         for _ in range(max_rounds):
-            turn: AIMessageChunk | None = None
+            parts = Turn()
             async for chunk in model.astream(messages, config):
-                turn = chunk if turn is None else turn + chunk
+                parts.add(chunk)
                 yield chunk
+            turn = parts.message()
             if turn is None or not (turn.tool_calls or turn.invalid_tool_calls):
                 return
             messages.append(turn)

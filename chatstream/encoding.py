@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -47,8 +48,66 @@ SSE = WireFormat("text/event-stream", b"data: ", b"\n\n", SSE_DONE, SSE_HEARTBEA
 NDJSON = WireFormat("application/x-ndjson", b"", b"\n", b"", b'{"type":"heartbeat"}\n')
 
 
-def choose(accept: str | None) -> WireFormat:
-    """SSE unless the caller asks for NDJSON and does not prefer SSE."""
-    if accept and "application/x-ndjson" in accept and "text/event-stream" not in accept:
-        return NDJSON
-    return SSE
+#: More media ranges than any real client sends; the rest of a longer header is ignored.
+_MAX_RANGES = 32
+
+
+def _quality(item: str) -> tuple[str, str, float] | None:
+    """(type, subtype, q) of one media range; None for junk. q is clamped to [0, 1] (RFC 9110)."""
+    media, *params = item.split(";")
+    kind, slash, subtype = media.strip().lower().partition("/")
+    if not slash or not kind or not subtype:
+        return None
+    q = 1.0
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                q = float(value.strip())
+            except ValueError:
+                return None
+            if math.isnan(q):
+                return None
+            q = min(1.0, max(0.0, q))
+    return kind, subtype, q
+
+
+def _q_for(fmt: WireFormat, ranges: list[tuple[str, str, float]]) -> float | None:
+    """q of the most specific range matching `fmt` (exact, then `type/*`, then `*/*`); None if none does."""
+    kind, subtype = fmt.media_type.split("/")
+    best: tuple[int, float] | None = None
+    for r_kind, r_subtype, q in ranges:
+        if (r_kind, r_subtype) == (kind, subtype):
+            rank = 2
+        elif r_kind == kind and r_subtype == "*":
+            rank = 1
+        elif (r_kind, r_subtype) == ("*", "*"):
+            rank = 0
+        else:
+            continue
+        if best is None or rank > best[0] or (rank == best[0] and q > best[1]):
+            best = (rank, q)
+    return None if best is None else best[1]
+
+
+def choose(accept: str | None) -> WireFormat | None:
+    """The stream encoding `Accept` prefers, honouring q-values; None when it refuses both (q=0).
+
+    The highest q wins and SSE wins ties. A format the header does not mention at all is still
+    acceptable, after any it does (so `Accept: application/json` keeps getting SSE, as before), but one
+    it gives q=0 never is: `text/event-stream;q=0` alone gives NDJSON, and `*/*;q=0` gives None (406).
+    Junk ranges are skipped, never an error.
+    """
+    if not accept or not accept.strip():
+        return SSE
+    ranges = [r for r in map(_quality, accept.split(",", _MAX_RANGES)[:_MAX_RANGES]) if r is not None]
+    scored = []
+    for preference, fmt in enumerate((SSE, NDJSON)):
+        q = _q_for(fmt, ranges)
+        if q is None:
+            scored.append((1, 0.0, -preference, fmt))  # unmentioned: after every mentioned format
+        elif q > 0:
+            scored.append((2, q, -preference, fmt))
+    if not scored:
+        return None
+    return max(scored, key=lambda item: item[:3])[3]

@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from chatstream import encoding, errors
@@ -59,10 +59,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.body_too_large(limit)
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise errors.body_too_large(limit)
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise errors.body_too_large(limit)
+    except ClientDisconnect:  # gone mid-body (or cut off by the host's read timeout): nobody to answer
+        raise ClientGone from None
     return bytes(body)
 
 
@@ -74,6 +77,14 @@ def parse_request(body: bytes, service: ChatService) -> ChatRequest:
         return ChatRequest.model_validate_json(body, strict=True, context={"limits": service.limits})
     except ValidationError as exc:
         raise errors.from_validation_error(exc) from None
+
+
+def stream_format(request: Request) -> encoding.WireFormat:
+    """SSE or NDJSON as `Accept` prefers; 406 when it refuses both."""
+    wire = encoding.choose(request.headers.get("accept"))
+    if wire is None:
+        raise errors.not_acceptable()
+    return wire
 
 
 def deadline_error(seconds: float) -> ChatError:
@@ -136,13 +147,15 @@ class ChatEndpoint:
         try:
             body = await read_body(request, self.service.settings.max_body_bytes)
             chat_request = parse_request(body, self.service)
+            # Checked before the model is called: a 406 costs nothing upstream.
+            wire = stream_format(request) if chat_request.stream else encoding.SSE
             run = self.service.run(chat_request, request_id)
             if not chat_request.stream:
                 assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
                 answer = await _unless_client_leaves(request, run, collect(run))
                 headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
                 return JSONResponse(answer, headers=headers)
-            return await self._stream(request, run, cors)
+            return await self._stream(request, run, wire, cors)
         except ClientGone:
             return Response(status_code=499, headers={"X-Request-Id": request_id})
         except ChatError as error:
@@ -162,7 +175,9 @@ class ChatEndpoint:
         """The chains and deployments a request may name; `no-cache` so a changed setting shows at once."""
         return JSONResponse(self.service.catalog(), headers={"Cache-Control": "no-cache"})
 
-    async def _stream(self, request: Request, run: ChainRun | MultiRun, cors: dict[str, str]) -> Response:
+    async def _stream(
+        self, request: Request, run: ChainRun | MultiRun, wire: encoding.WireFormat, cors: dict[str, str]
+    ) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
         settings = self.service.settings
@@ -195,7 +210,7 @@ class ChatEndpoint:
             run,
             first,
             stream,
-            encoding.choose(request.headers.get("accept")),
+            wire,
             heartbeat_seconds=settings.heartbeat_seconds,
             deadline_at=deadline_at,
             deadline_error=deadline_error(settings.deadline_seconds),

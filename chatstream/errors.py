@@ -91,6 +91,15 @@ def not_configured(reason: str) -> ChatError:
     return ChatError(503, "not_configured", f"the chat model is not configured: {reason}", retryable=False)
 
 
+def not_acceptable() -> ChatError:
+    return ChatError(
+        406,
+        "not_acceptable",
+        "Accept refuses both text/event-stream and application/x-ndjson (q=0); "
+        'accept one of them, or send "stream": false for one JSON answer',
+    )
+
+
 def internal_error() -> ChatError:
     return ChatError(500, "internal_error", "the server failed to produce an answer", retryable=True)
 

@@ -27,7 +27,11 @@ COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
 class ConfigurationError(Exception):
-    """The settings cannot produce a working model; the message says which setting to fix."""
+    """The settings cannot produce a working model; the message says which setting to fix.
+
+    Callers get the message in a 503 body, so it names settings but never their values (an endpoint
+    tells an attacker where the model lives); a bad value goes to the server log where it is raised.
+    """
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,13 @@ class ModelTarget:
 
 
 def _check_url(name: str, value: str) -> str:
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigurationError(f"{name} must be an http(s) URL, got {value!r}")
+    try:
+        parsed = urlparse(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        log.error("%s is not an http(s) URL: %r", name, value)
+        raise ConfigurationError(f"{name} must be an http(s) URL")
     return value.rstrip("/")
 
 
@@ -121,7 +129,7 @@ def build_model(
         )
         return ModelTarget("openai", deployment or settings.openai_model, model, endpoint)
     if simulator_url is None:
-        raise ConfigurationError("no model endpoint is configured and the simulator is not running")
+        raise ConfigurationError("no model endpoint is configured (AZURE_OPENAI_ENDPOINT or OPENAI_BASE_URL)")
     name = deployment or settings.azure_openai_deployment
     model = _azure(settings, simulator_url, "simulated-key", name)
     return ModelTarget("simulator", name, model, simulator_url)

@@ -55,6 +55,7 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 
 _ERRORS = {
     "400": "invalid JSON or request, unknown chain, or the prompt was blocked by the content filter",
+    "406": "Accept refuses (q=0) both text/event-stream and application/x-ndjson for a stream",
     "413": "the body is larger than CHAT_MAX_BODY_BYTES",
     "429": "the model is rate limited (Retry-After says when to retry)",
     "500": "a bug; details are in the log only",

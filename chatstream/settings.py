@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     simulator_token_delay_ms: float = Field(30.0, ge=0, alias="SIMULATOR_TOKEN_DELAY_MS")
     #: 0 picks a free port; a fixed one lets you read the simulator's /_sim/stats.
     simulator_port: int = Field(0, ge=0, le=65535, alias="SIMULATOR_PORT")
+    #: The simulator refuses to stand in for the model inside Azure (WEBSITE_SITE_NAME etc. set) unless this.
+    simulator_allow_in_azure: bool = Field(False, alias="SIMULATOR_ALLOW_IN_AZURE")
 
     # Security and operations.
     #: Anonymous HTTP access to the chat function; default FUNCTION auth level (a key is required).

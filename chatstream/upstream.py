@@ -6,8 +6,10 @@ may help; the upstream's own message, URL and headers stay in our logs.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -18,20 +20,56 @@ from chatstream.errors import ChatError
 log = logging.getLogger("chatstream.upstream")
 
 
+#: The longest wait we pass on (or sleep on). An upstream hint above it, or `inf`, is clamped to it:
+#: five minutes is longer than any Azure OpenAI rate-limit window, and a caller told to wait hours
+#: (or forever) by a broken upstream would simply never come back.
+MAX_RETRY_AFTER_SECONDS = 300.0
+
+
+def _hint_seconds(raw: str, divisor: float) -> float | None:
+    """One header value as seconds: a number (`retry-after-ms` or `Retry-After`) or, for
+    `Retry-After` only, an HTTP-date. NaN, negative and unparsable values are no hint at all."""
+    text = raw.strip()
+    value: float | None
+    try:
+        value = float(text) / divisor
+    except (ValueError, OverflowError):
+        value = _seconds_until(text) if divisor == 1.0 else None
+    if value is None or math.isnan(value) or value < 0:
+        return None
+    return min(value, MAX_RETRY_AFTER_SECONDS)
+
+
+def _seconds_until(http_date: str) -> float | None:
+    """`Retry-After: Wed, 21 Oct 2015 07:28:00 GMT` (RFC 9110) as seconds from now; a past date is 0."""
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
 def _retry_after(headers: Any) -> float | None:
+    """The upstream's hint, finite and within `MAX_RETRY_AFTER_SECONDS`, or None."""
     if headers is None:
         return None
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         raw = headers.get(name)
-        if raw is None:
+        if not isinstance(raw, str):
             continue
-        try:
-            value = float(raw) / divisor
-        except ValueError:
-            continue
-        if value >= 0:
+        value = _hint_seconds(raw, divisor)
+        if value is not None:
             return value
     return None
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """`Retry-After` for the caller: whole seconds, at least 1, at most `MAX_RETRY_AFTER_SECONDS`."""
+    if seconds is None or not math.isfinite(seconds):
+        return {}
+    return {"Retry-After": str(max(1, min(math.ceil(seconds), int(MAX_RETRY_AFTER_SECONDS))))}
 
 
 def _azure_error_code(exc: openai.APIStatusError) -> str | None:
@@ -46,14 +84,13 @@ def _azure_error_code(exc: openai.APIStatusError) -> str | None:
 
 def _rate_limited(exc: openai.APIStatusError) -> ChatError:
     retry_after = _retry_after(exc.response.headers)
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
     return ChatError(
         429,
         "rate_limited",
         "the model is rate limited; retry later",
         retryable=True,
         retry_after=retry_after,
-        headers=headers,
+        headers=retry_after_header(retry_after),
     )
 
 
@@ -91,7 +128,7 @@ def _status_error(exc: openai.APIStatusError) -> ChatError:
             "the model service is overloaded; retry later",
             retryable=True,
             retry_after=retry_after,
-            headers={"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {},
+            headers=retry_after_header(retry_after),
         )
     if status >= 500:
         return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)

@@ -14,10 +14,20 @@ from pathlib import Path
 
 from funchost.asgi import build_asgi_app
 from funchost.banner import banner
+from funchost.read_timeouts import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT
 from funchost.registry import FunctionLoadError, import_function_app
 from funchost.routing import RouteTemplateError
 from funchost.server import ReadyServer, make_config
-from funchost.settings import LocalSettings, SettingsError, load_local_settings, resolve_port, route_prefix
+from funchost.settings import (
+    BODY_TIMEOUT_ENV,
+    HEADER_TIMEOUT_ENV,
+    LocalSettings,
+    SettingsError,
+    load_local_settings,
+    read_timeout,
+    resolve_port,
+    route_prefix,
+)
 
 log = logging.getLogger("funchost")
 
@@ -43,6 +53,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ignore local.settings.json (tests use this so a developer's Azure settings never leak in)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        help=f"seconds a request's headers may take to arrive (default: ${HEADER_TIMEOUT_ENV}, "
+        f"else {DEFAULT_HEADER_TIMEOUT:g}; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=None,
+        help=f"seconds a request's body may take to arrive after its headers (default: ${BODY_TIMEOUT_ENV}, "
+        f"else {DEFAULT_BODY_TIMEOUT:g}; 0 = no limit)",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         local = LocalSettings() if args.no_local_settings else load_local_settings(app_dir)
         port = resolve_port(args.port, local_http_port=local.local_http_port)
+        header_timeout = read_timeout(args.header_timeout, HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT)
+        body_timeout = read_timeout(args.body_timeout, BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT)
         prefix = route_prefix(app_dir)
         # The worker runs with the app folder as working directory and on sys.path.
         os.chdir(app_dir)
@@ -90,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://{shown}:{bound_port}"
         print(banner(asgi_app.functions, base, notes), flush=True)
 
-    server = ReadyServer(make_config(asgi_app, args.host, port, args.log_level), on_ready)
+    config = make_config(
+        asgi_app,
+        args.host,
+        port,
+        args.log_level,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+    )
+    server = ReadyServer(config, on_ready)
     server.run()
     return 0 if server.started else 1

@@ -13,14 +13,28 @@ from collections.abc import Callable
 import uvicorn
 from starlette.types import ASGIApp
 
+from funchost.read_timeouts import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    HostConfig,
+    ReadTimeoutProtocol,
+)
+
 ReadyCallback = Callable[[str, int], None]
 
 
 def make_config(
-    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "info"
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "info",
+    *,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> uvicorn.Config:
-    """uvicorn settings for streaming: plain HTTP/1.1, no lifespan needs, short drain."""
-    return uvicorn.Config(
+    """uvicorn settings for streaming: plain HTTP/1.1, no lifespan needs, short drain, and a deadline
+    on reading each request (funchost/read_timeouts.py)."""
+    return HostConfig(
         app,
         host=host,
         port=port,
@@ -30,6 +44,9 @@ def make_config(
         # Let open streams finish briefly on Ctrl+C instead of hanging forever.
         timeout_graceful_shutdown=5,
         log_config=None,
+        http=ReadTimeoutProtocol,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
     )
 
 

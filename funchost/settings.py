@@ -111,3 +111,28 @@ def resolve_port(
     if local_http_port is not None:
         return local_http_port
     return DEFAULT_PORT
+
+
+#: Request-read timeouts of the local host (funchost/read_timeouts.py), in seconds.
+HEADER_TIMEOUT_ENV = "FUNCHOST_HEADER_TIMEOUT_SECONDS"
+BODY_TIMEOUT_ENV = "FUNCHOST_BODY_TIMEOUT_SECONDS"
+
+
+def read_timeout(
+    flag: float | None, name: str, default: float, environ: MutableMapping[str, str] | None = None
+) -> float:
+    """The flag, else the environment variable `name`, else `default`; 0 (or less) means no limit."""
+    env = os.environ if environ is None else environ
+    if flag is not None:
+        value: Any = flag
+    elif env.get(name, "").strip():
+        value = env[name]
+    else:
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} is not a number of seconds: {value!r}") from None
+    if seconds != seconds or seconds == float("inf"):
+        raise SettingsError(f"{name} must be a finite number of seconds: {value!r}")
+    return max(0.0, seconds)

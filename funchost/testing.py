@@ -64,13 +64,14 @@ class ThreadServer:
         self.stop()
 
 
-def serve_in_thread(asgi_app: ASGIApp, startup_timeout: float = 10.0) -> ThreadServer:
-    """Serve asgi_app with real uvicorn on a free 127.0.0.1 port in a daemon thread."""
+def serve_in_thread(asgi_app: ASGIApp, startup_timeout: float = 10.0, **config: float) -> ThreadServer:
+    """Serve asgi_app with real uvicorn on a free 127.0.0.1 port in a daemon thread; `config` passes
+    `make_config` options (the read timeouts)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
     port = int(sock.getsockname()[1])
-    server = ReadyServer(make_config(asgi_app, LOOPBACK, port, log_level="warning"))
+    server = ReadyServer(make_config(asgi_app, LOOPBACK, port, log_level="warning", **config))
     # uvicorn installs signal handlers only in the main thread; this is not it.
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"funchost-{port}"

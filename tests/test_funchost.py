@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import textwrap
 import threading
 import time
@@ -93,6 +94,10 @@ def make_app() -> func.FunctionApp:
     @app.route(route="plain", methods=["GET"])
     async def plain_dict(req: Request) -> dict:
         return {"ok": True}
+
+    @app.route(route="echo", methods=["POST"])
+    async def echo(req: Request) -> JSONResponse:
+        return JSONResponse({"bytes": len(await req.body())})
 
     @app.route(route="keyed", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
     async def keyed(req: Request) -> PlainTextResponse:
@@ -473,3 +478,132 @@ def test_broken_app_exits_with_message(tmp_path, monkeypatch):
     (tmp_path / "function_app.py").write_text("x = 1\n")
     with pytest.raises(RuntimeError, match="exactly one module-level FunctionApp"):
         start_subprocess(tmp_path, _child_env(monkeypatch), startup_timeout=20)
+
+
+# --- request-read timeouts: a caller that trickles its request in is cut off --------------------
+
+HEADER_TIMEOUT = 1.0
+BODY_TIMEOUT = 1.5
+#: Far above either timeout: the connection must be closed well within it, on any busy machine.
+CUT_OFF_WITHIN = 10.0
+
+
+@pytest.fixture(scope="module")
+def strict_server():
+    host = funchost.build_asgi_app(make_app())
+    with serve_in_thread(host, header_timeout=HEADER_TIMEOUT, body_timeout=BODY_TIMEOUT) as running:
+        yield running
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def trickle(port: int, head: bytes, slow: bytes, interval: float = 0.2) -> tuple[bytes, float]:
+    """Send `head` at once, then `slow` one byte per `interval` until the server closes (bounded);
+    returns everything the server sent and how long until it closed."""
+    started = time.monotonic()
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=CUT_OFF_WITHIN) as sock:
+        if head:
+            sock.sendall(head)
+        sock.settimeout(interval)
+        for byte in slow:
+            if time.monotonic() - started > CUT_OFF_WITHIN:
+                break
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            received += data
+            if not data:
+                break
+        sock.settimeout(CUT_OFF_WITHIN)
+        try:
+            while data := sock.recv(65536):
+                received += data
+        except OSError:
+            pass
+    return received, time.monotonic() - started
+
+
+def _timeout_answer(received: bytes) -> dict:
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), received[:200]
+    assert b"connection: close" in head.lower()
+    return json.loads(body)["error"]
+
+
+def test_headers_that_trickle_in_are_cut_off_with_408(strict_server):
+    slow = b"POST /api/echo HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 500
+    received, elapsed = trickle(_port(strict_server.url), b"", slow)
+    assert _timeout_answer(received) == {
+        "code": "request_timeout",
+        "message": "the request headers did not arrive in time",
+    }
+    assert elapsed < CUT_OFF_WITHIN
+
+
+def test_a_body_that_trickles_in_is_cut_off_with_408_while_others_are_served(strict_server):
+    head = b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 500\r\n\r\n"
+    result: list[tuple[bytes, float]] = []
+    slow = threading.Thread(target=lambda: result.append(trickle(_port(strict_server.url), head, b"b" * 500)))
+    slow.start()
+    try:
+        # Meanwhile the host keeps answering everyone else at once.
+        with httpx.Client(base_url=strict_server.url, timeout=TIMEOUT) as client:
+            for _ in range(3):
+                assert client.post("/api/echo", content=b"x" * 100).json() == {"bytes": 100}
+    finally:
+        slow.join(CUT_OFF_WITHIN + 5)
+    received, elapsed = result[0]
+    assert _timeout_answer(received)["message"] == "the request body did not arrive in time"
+    assert elapsed < CUT_OFF_WITHIN
+
+
+def test_a_connection_that_never_sends_a_byte_is_closed_silently(strict_server):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", _port(strict_server.url)), timeout=CUT_OFF_WITHIN) as sock:
+        assert sock.recv(1024) == b""
+    assert time.monotonic() - started < CUT_OFF_WITHIN
+
+
+def test_a_slow_request_within_the_limits_is_served(strict_server):
+    with socket.create_connection(("127.0.0.1", _port(strict_server.url)), timeout=CUT_OFF_WITHIN) as sock:
+        sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"Content-Length: 9\r\n\r\nabc")
+        for part in (b"def", b"ghi"):
+            time.sleep(0.3)
+            sock.sendall(part)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"bytes":9}')
+
+
+def test_a_later_request_on_a_kept_alive_connection_is_timed_from_its_first_byte(strict_server):
+    with socket.create_connection(("127.0.0.1", _port(strict_server.url)), timeout=CUT_OFF_WITHIN) as sock:
+        sock.sendall(b"GET /api/plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        time.sleep(HEADER_TIMEOUT + 0.3)  # idle between requests is keep-alive's business, not ours
+        sock.sendall(b"GET /api/plain HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    assert _timeout_answer(received)["code"] == "request_timeout"
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "expected"),
+    [(None, None, 10.0), (None, "2.5", 2.5), (4.0, "2.5", 4.0), (None, "0", 0.0), (None, " ", 10.0)],
+)
+def test_read_timeouts_come_from_flag_then_environment_then_default(flag, env, expected):
+    from funchost.settings import HEADER_TIMEOUT_ENV, read_timeout
+
+    environ = {} if env is None else {HEADER_TIMEOUT_ENV: env}
+    assert read_timeout(flag, HEADER_TIMEOUT_ENV, 10.0, environ) == expected

@@ -86,6 +86,7 @@ OPTIONAL_IN_AZURE = {
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_TOKEN_DELAY_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_PORT": "simulator only; Azure uses the real deployment",
+    "SIMULATOR_ALLOW_IN_AZURE": "off in Azure by design: simulated answers must never pass for the model",
 }
 
 #: App settings Bicep already sets for settings announced for the app but not yet in
