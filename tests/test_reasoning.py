@@ -396,3 +396,35 @@ def test_simulator_reasoning_deployment_thinks_before_the_first_token():
     assert first_content_at is not None and usage is not None
     assert first_content_at - started >= EFFORT_TOKENS["high"] * 10 / 1000 * 0.95
     assert usage["completion_tokens_details"]["reasoning_tokens"] == EFFORT_TOKENS["high"]
+
+
+def test_embedded_simulator_serves_the_configured_reasoning_deployment():
+    """Local development without an endpoint: the embedded simulated deployment is a reasoning one
+    when CHAT_REASONING_DEPLOYMENTS names it (here over the v1 API, as the deployed app calls it)."""
+    from tests.conftest import start_app
+
+    app = start_app(
+        AZURE_OPENAI_DEPLOYMENT=REASONING,
+        AZURE_OPENAI_API_VERSION="v1",
+        CHAT_REASONING_DEPLOYMENTS=REASONING,
+        SIMULATOR_TTFT_MS="0",
+        SIMULATOR_TOKEN_DELAY_MS="0",
+    )
+    try:
+        status, events, _ = stream(app.url, reasoning_effort="low", max_tokens=500)
+        assert status == 200, app.output
+        end = end_of(events, REASONING)
+        assert end["usage"]["reasoning_tokens"] == EFFORT_TOKENS["low"]
+        assert end["model"] == "gpt-5-mini-2025-08-07"
+        refused, _, body = stream(app.url, temperature=0.5)
+        assert refused == 400 and body is not None and body["error"]["param"] == "temperature"
+    finally:
+        app.stop()
+
+
+def test_openapi_documents_reasoning_effort_and_reasoning_tokens(app):
+    document = httpx.get(f"{app.url}/api/openapi.json", timeout=10).json()
+    schemas = document["components"]["schemas"]
+    effort = schemas["ChatRequest"]["properties"]["reasoning_effort"]
+    assert effort["anyOf"][0]["enum"] == ["high", "low", "medium", "minimal"]
+    assert "reasoning_tokens" in schemas["Answer"]["properties"]["usage"]["properties"]
