@@ -31,6 +31,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     parser.add_argument(
         "--deployments", type=_csv, default=env.deployments, help="comma-separated; empty = any"
     )
+    parser.add_argument(
+        "--reasoning-deployments",
+        type=_csv,
+        default=env.reasoning_deployments,
+        help="comma-separated deployments that behave like reasoning models (gpt-5 family, o-series)",
+    )
     parser.add_argument("--rpm", type=int, default=env.requests_per_minute)
     parser.add_argument("--tpm", type=int, default=env.tokens_per_minute)
     parser.add_argument(
@@ -56,6 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         model=args.model,
         api_keys=args.api_keys,
         deployments=args.deployments,
+        reasoning_deployments=args.reasoning_deployments,
         requests_per_minute=args.rpm,
         tokens_per_minute=args.tpm,
         deployment_faults=faults,

@@ -28,6 +28,7 @@ from .chunks import DONE, PROMPT_FILTER_EVENT, ChunkEncoder, completion_body
 from .config import SimulatorConfig
 from .faults import AttemptCounter, FaultPlan, FaultSpecError, parse_fault
 from .ratelimit import RateDecision, RateLimiter
+from .reasoning import hidden_tokens, rejection
 from .stats import RequestRecord, SimulatorStats
 from .text import answer_tokens, messages_digest, prompt_tokens
 from .tools import PlannedCall, plan_tool_calls
@@ -85,6 +86,9 @@ class _Request:
     plan: FaultPlan
     base_headers: list[tuple[bytes, bytes]]
     tool_calls: list[PlannedCall]
+    #: Hidden tokens spent before the answer (reasoning deployments); they use up `max_tokens` first.
+    reasoning_tokens: int = 0
+    model: str = ""
 
 
 class _Disconnect:
@@ -319,6 +323,11 @@ class SimulatorApp:
             record.deployment = model
         deployment = record.deployment
         base_headers.append((b"x-ms-deployment-name", deployment.encode()))
+        record.params = {k: v for k, v in body.items() if k not in ("messages", "tools")}
+        reasoning = config.is_reasoning(deployment)
+        rejected = rejection(body, config, reasoning)
+        if rejected is not None:
+            raise _HTTPError(400, rejected)
 
         messages: list[Any] = body["messages"]
         stream = bool(body.get("stream", False))
@@ -330,6 +339,7 @@ class SimulatorApp:
         record.include_usage = include_usage
         record.max_tokens = max_tokens
         record.prompt_tokens = prompt_tokens(messages)
+        hidden = record.reasoning_tokens = hidden_tokens(body, config, max_tokens) if reasoning else 0
 
         sim_tokens = _int_header(scope, "x-sim-tokens")
         answer_len = int(sim_tokens) if sim_tokens is not None else config.answer_tokens
@@ -358,13 +368,16 @@ class SimulatorApp:
             include_usage=include_usage,
             max_tokens=max_tokens,
             answer_len=answer_len,
-            ttft_s=(config.ttft_ms if ttft is None else ttft) / 1000,
+            # A reasoning deployment thinks before its first visible token.
+            ttft_s=((config.ttft_ms if ttft is None else ttft) + hidden * config.reasoning_token_ms) / 1000,
             token_delay_s=(config.token_delay_ms if delay is None else delay) / 1000,
             plan=plan,
             base_headers=base_headers,
             tool_calls=plan_tool_calls(
                 messages, body.get("tools"), body.get("tool_choice"), messages_digest(messages)
             ),
+            reasoning_tokens=hidden,
+            model=config.reasoning_model if reasoning else config.model,
         )
 
     @staticmethod
@@ -501,8 +514,9 @@ class SimulatorApp:
         """Tokens to emit and the finish reason, after max_tokens and content-filter faults."""
         tokens = answer_tokens(request.messages, request.answer_len)
         finish = "stop"
-        if request.max_tokens is not None and request.max_tokens < len(tokens):
-            tokens = tokens[: request.max_tokens]
+        budget = None if request.max_tokens is None else request.max_tokens - request.reasoning_tokens
+        if budget is not None and budget < len(tokens):
+            tokens = tokens[:budget]
             finish = "length"
         cut = request.plan.content_filter_after
         if cut is not None and cut < len(tokens):
@@ -537,7 +551,7 @@ class SimulatorApp:
             await _abort_connection(send)
             return
         body = completion_body(
-            model=self.config.model,
+            model=request.model,
             system_fingerprint=self.config.system_fingerprint,
             content="".join(tokens),
             finish_reason=finish,
@@ -547,6 +561,7 @@ class SimulatorApp:
                 {"function": {"arguments": c.arguments, "name": c.name}, "id": c.call_id, "type": "function"}
                 for c in calls
             ],
+            reasoning=request.reasoning_tokens,
         )
         record.status = 200
         record.chunks_sent = len(tokens)
@@ -577,7 +592,7 @@ class SimulatorApp:
         record = request.record
         plan = request.plan
         tokens, finish = self._plan_tokens(request)
-        encoder = ChunkEncoder(self.config.model, self.config.system_fingerprint, request.include_usage)
+        encoder = ChunkEncoder(request.model, self.config.system_fingerprint, request.include_usage)
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -643,7 +658,7 @@ class SimulatorApp:
 
         tail = [encoder.content_filtered() if finish == "content_filter" else encoder.finish(finish)]
         if request.include_usage:
-            tail.append(encoder.usage(record.prompt_tokens, sent))
+            tail.append(encoder.usage(record.prompt_tokens, sent, request.reasoning_tokens))
         tail.append(DONE)
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
         record.finish_reason = finish
@@ -673,7 +688,7 @@ class SimulatorApp:
                     return
         tail = [encoder.finish("tool_calls")]
         if request.include_usage:
-            tail.append(encoder.usage(record.prompt_tokens, sent))
+            tail.append(encoder.usage(record.prompt_tokens, sent, request.reasoning_tokens))
         tail.append(DONE)
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
         record.finish_reason = "tool_calls"

@@ -78,13 +78,15 @@ def new_completion_id() -> str:
     return "chatcmpl-" + "".join(secrets.choice(_ALPHABET) for _ in range(29))
 
 
-def usage_dict(prompt: int, completion: int) -> dict[str, Any]:
+def usage_dict(prompt: int, completion: int, reasoning: int = 0) -> dict[str, Any]:
+    """`completion` counts visible tokens; hidden reasoning tokens are billed as completion tokens too."""
+    completion += reasoning
     return {
         "completion_tokens": completion,
         "completion_tokens_details": {
             "accepted_prediction_tokens": 0,
             "audio_tokens": 0,
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning,
             "rejected_prediction_tokens": 0,
         },
         "prompt_tokens": prompt,
@@ -193,7 +195,7 @@ class ChunkEncoder:
         }
         return self._event([choice])
 
-    def usage(self, prompt: int, completion: int) -> bytes:
+    def usage(self, prompt: int, completion: int, reasoning: int = 0) -> bytes:
         obj = {
             "choices": [],
             "created": self.created,
@@ -201,7 +203,7 @@ class ChunkEncoder:
             "model": self.model,
             "object": "chat.completion.chunk",
             "system_fingerprint": self.system_fingerprint,
-            "usage": usage_dict(prompt, completion),
+            "usage": usage_dict(prompt, completion, reasoning),
         }
         return sse(obj)
 
@@ -215,6 +217,7 @@ def completion_body(
     prompt: int,
     completion: int,
     tool_calls: list[dict[str, Any]] | None = None,
+    reasoning: int = 0,
 ) -> bytes:
     """Non-streaming `chat.completion` object with Azure's filter annotations."""
     filters = BLOCKED_CONTENT_FILTER_RESULTS if finish_reason == "content_filter" else CONTENT_FILTER_RESULTS
@@ -240,6 +243,6 @@ def completion_body(
         "object": "chat.completion",
         "prompt_filter_results": PROMPT_FILTER_RESULTS,
         "system_fingerprint": system_fingerprint,
-        "usage": usage_dict(prompt, completion),
+        "usage": usage_dict(prompt, completion, reasoning),
     }
     return _dumps(obj).encode()

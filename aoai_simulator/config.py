@@ -56,6 +56,21 @@ class SimulatorConfig:
     #: How long `timeout` and `stall-after` faults hold a connection before giving up (seconds).
     hold_seconds: float = 600.0
     region: str = "Sweden Central"
+    #: Deployments that behave like reasoning models (gpt-5 family, o-series): they reject sampling
+    #: parameters and `max_tokens` with Azure's 400, accept `max_completion_tokens` and
+    #: `reasoning_effort`, think before the first token and report `reasoning_tokens` in usage.
+    reasoning_deployments: frozenset[str] = frozenset()
+    #: Hidden tokens a reasoning deployment spends per `reasoning_effort`; the keys are the values it
+    #: accepts (gpt-5 / gpt-5-mini's set: gpt-5.1 and later take `none` but not `minimal`).
+    reasoning_effort_tokens: Mapping[str, int] = field(
+        default_factory=lambda: {"minimal": 0, "low": 16, "medium": 48, "high": 128}
+    )
+    #: The effort used when the request names none (Azure: `medium` before gpt-5.1).
+    default_reasoning_effort: str = "medium"
+    #: Model version a reasoning deployment reports.
+    reasoning_model: str = "gpt-5-mini-2025-08-07"
+    #: Thinking time per reasoning token, spent before the first visible token (milliseconds).
+    reasoning_token_ms: float = 2.0
 
     def api_version_ok(self, version: str) -> bool:
         """Azure rejects versions it does not know; we approximate 'known' by shape and date."""
@@ -68,6 +83,9 @@ class SimulatorConfig:
 
     def deployment_known(self, deployment: str) -> bool:
         return not self.deployments or deployment in self.deployments
+
+    def is_reasoning(self, deployment: str) -> bool:
+        return deployment in self.reasoning_deployments
 
     def api_key_ok(self, key: str) -> bool:
         return bool(key) and (not self.api_keys or key in self.api_keys)
@@ -108,6 +126,7 @@ class SimulatorConfig:
             model=env.get("SIMULATOR_MODEL", "").strip() or base.model,
             api_keys=_set("SIMULATOR_API_KEYS"),
             deployments=_set("SIMULATOR_DEPLOYMENTS"),
+            reasoning_deployments=_set("SIMULATOR_REASONING_DEPLOYMENTS"),
             requests_per_minute=_opt_int("SIMULATOR_RPM"),
             tokens_per_minute=_opt_int("SIMULATOR_TPM"),
         )

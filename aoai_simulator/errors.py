@@ -55,6 +55,16 @@ def invalid_request(message: str, param: str | None = None) -> bytes:
     return _body({"message": message, "type": "invalid_request_error", "param": param, "code": None})
 
 
+def unsupported(message: str, param: str, code: str = "unsupported_parameter") -> bytes:
+    """What the model service answers for a parameter (or value) a reasoning model does not take."""
+    return _body({"message": message, "type": "invalid_request_error", "param": param, "code": code})
+
+
+def unsupported_parameter(param: str, hint: str = "") -> bytes:
+    message = f"Unsupported parameter: '{param}' is not supported with this model."
+    return unsupported(message + (f" {hint}" if hint else ""), param)
+
+
 def rate_limited(api_version: str, retry_after_s: float, kind: str = "token") -> bytes:
     seconds = max(1, round(retry_after_s))
     return _body(

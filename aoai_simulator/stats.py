@@ -35,6 +35,10 @@ class RequestRecord:
     status: int | None = None
     stream: bool = False
     max_tokens: int | None = None
+    #: Every request field except `messages` and `tools`, as sent (what a test checks the app sent).
+    params: dict[str, Any] = field(default_factory=dict)
+    #: Hidden tokens a reasoning deployment spent (0 elsewhere).
+    reasoning_tokens: int = 0
     include_usage: bool = False
     messages: list[Any] = field(default_factory=list)
     prompt_tokens: int = 0

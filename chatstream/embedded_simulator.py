@@ -41,6 +41,7 @@ def ensure_simulator(settings: Settings) -> str:
                 ttft_ms=settings.simulator_ttft_ms,
                 token_delay_ms=settings.simulator_token_delay_ms,
                 prompt_faults=True,
+                reasoning_deployments=settings.reasoning_deployment_set,
             )
             try:
                 handle = start_in_thread(config, port=settings.simulator_port)

@@ -46,7 +46,7 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
 
 
 #: Error types the request schema raises itself; each is also the code the caller sees.
-_SCHEMA_CODES = {"too_many_messages", "content_too_long", "option_out_of_range"}
+_SCHEMA_CODES = {"too_many_messages", "content_too_long", "option_out_of_range", "unsupported_value"}
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
@@ -110,4 +110,16 @@ def unknown_deployment(names: list[str], allowed: list[str]) -> ChatError:
         "unknown_deployment",
         f"deployments: {', '.join(map(repr, names))} not allowed; allowed: {', '.join(allowed)}",
         param="deployments",
+    )
+
+
+def unsupported_parameter(param: str, deployments: list[str], reasoning: bool) -> ChatError:
+    """A request option the named deployments do not take (the same rule Azure applies, said earlier)."""
+    names = ", ".join(map(repr, deployments))
+    kind = "reasoning deployments" if reasoning else "deployments that are not reasoning models"
+    return ChatError(
+        400,
+        "unsupported_parameter",
+        f"{param}: not supported by {names} ({kind} do not take it); leave it out",
+        param=param,
     )

@@ -16,6 +16,8 @@ class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    #: Hidden reasoning tokens (included in completion_tokens), when the upstream reports them.
+    reasoning_tokens: NotRequired[int]
 
 
 class StartEvent(TypedDict):

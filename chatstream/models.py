@@ -90,7 +90,26 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _azure(settings: Settings, endpoint: str, api_key: str | None, deployment: str) -> LeanAzureChatOpenAI:
+def _azure_v1(settings: Settings, endpoint: str, api_key: str | None, deployment: str) -> LeanChatOpenAI:
+    """Azure OpenAI's v1 API (AZURE_OPENAI_API_VERSION=v1): the plain OpenAI client on
+    `{endpoint}/openai/v1/`, the deployment as `model`, no api-version. Keyless, the async token
+    provider is the client's `api_key`: the SDK awaits it before each request (the credential caches
+    the token) and sends it as `Authorization: Bearer`."""
+    return LeanChatOpenAI(
+        base_url=f"{endpoint}/openai/v1",
+        api_key=api_key or _token_provider(settings.azure_client_id),
+        model=deployment,
+        # Chat Completions always: langchain-openai would move some model names to the Responses API.
+        use_responses_api=False,
+        **_transport_options(settings),
+    )
+
+
+def _azure(
+    settings: Settings, endpoint: str, api_key: str | None, deployment: str
+) -> LeanAzureChatOpenAI | LeanChatOpenAI:
+    if settings.azure_v1:
+        return _azure_v1(settings, endpoint, api_key, deployment)
     common = {
         "azure_endpoint": endpoint,
         "azure_deployment": deployment,

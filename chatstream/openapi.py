@@ -32,6 +32,19 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
+USAGE_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+        "reasoning_tokens": {
+            "type": "integer",
+            "description": "hidden reasoning tokens (in completion_tokens), when the upstream reports them",
+        },
+    },
+}
+
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["id", "chain", "deployment", "content", "finish_reason", "usage"],
@@ -42,7 +55,7 @@ ANSWER_SCHEMA: dict[str, Any] = {
         "model": {"type": ["string", "null"]},
         "content": {"type": "string"},
         "finish_reason": {"type": ["string", "null"]},
-        "usage": {"type": ["object", "null"]},
+        "usage": USAGE_SCHEMA,
     },
 }
 
@@ -54,7 +67,8 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 }
 
 _ERRORS = {
-    "400": "invalid JSON or request, unknown chain, or the prompt was blocked by the content filter",
+    "400": "invalid JSON or request, unknown chain, an option the deployment does not take "
+    "(unsupported_parameter), or the prompt was blocked by the content filter",
     "406": "Accept refuses (q=0) both text/event-stream and application/x-ndjson for a stream",
     "413": "the body is larger than CHAT_MAX_BODY_BYTES",
     "429": "the model is rate limited (Retry-After says when to retry)",
@@ -80,14 +94,24 @@ def _request_schema(settings: Settings, chains: list[str]) -> tuple[dict[str, An
     props["max_tokens"]["anyOf"][0]["maximum"] = settings.max_tokens_limit
     props["user"]["anyOf"][0]["maxLength"] = settings.max_content_chars
     props["chain"]["anyOf"][0]["enum"] = chains
+    efforts = sorted(settings.reasoning_effort_set)
+    if efforts:
+        props["reasoning_effort"]["anyOf"][0]["enum"] = efforts
+    else:  # none allowed: only null (or leaving it out) passes
+        props["reasoning_effort"]["anyOf"] = [{"type": "null"}]
+    props["reasoning_effort"]["description"] = (
+        "reasoning deployments only (CHAT_REASONING_DEPLOYMENTS); elsewhere a 400 unsupported_parameter"
+    )
+    props["temperature"]["description"] = "not for reasoning deployments (a 400 unsupported_parameter)"
     defs["Message"]["properties"]["content"]["maxLength"] = settings.max_content_chars
     return schema, defs
 
 
 @lru_cache(maxsize=4)
-def _document(settings_key: tuple[int, int, int, int], chains: tuple[str, ...]) -> dict[str, Any]:
-    max_messages, max_chars, max_tokens, max_body = settings_key
+def _document(settings_key: tuple[int, int, int, int, str], chains: tuple[str, ...]) -> dict[str, Any]:
+    max_messages, max_chars, max_tokens, max_body, efforts = settings_key
     settings = Settings(
+        CHAT_REASONING_EFFORTS=efforts,
         CHAT_MAX_MESSAGES=max_messages,
         CHAT_MAX_CONTENT_CHARS=max_chars,
         CHAT_MAX_TOKENS_LIMIT=max_tokens,
@@ -146,5 +170,6 @@ def openapi_document(settings: Settings, chains: list[str]) -> dict[str, Any]:
         settings.max_content_chars,
         settings.max_tokens_limit,
         settings.max_body_bytes,
+        ",".join(sorted(settings.reasoning_effort_set)),
     )
     return _document(key, tuple(sorted(chains)))

@@ -32,18 +32,24 @@ def _usage(metadata: Any) -> Usage | None:
         return None
     prompt = int(metadata.get("input_tokens", 0))
     completion = int(metadata.get("output_tokens", 0))
-    return {
+    usage: Usage = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": int(metadata.get("total_tokens", prompt + completion)),
     }
+    # Hidden tokens of reasoning models (part of completion_tokens), when the upstream reports them.
+    reasoning = (metadata.get("output_token_details") or {}).get("reasoning")
+    if reasoning is not None:
+        usage["reasoning_tokens"] = int(reasoning)
+    return usage
 
 
 def _add_usage(total: Usage | None, more: Usage) -> Usage:
     """Chains that call the model several times (tool rounds) report the sum."""
     if total is None:
         return more
-    return {key: total[key] + more[key] for key in more}  # type: ignore[return-value]
+    keys = dict.fromkeys([*total, *more])  # one usage may report reasoning tokens, another not
+    return {key: total.get(key, 0) + more.get(key, 0) for key in keys}  # type: ignore[return-value,misc]
 
 
 def _text(content: Any) -> str:

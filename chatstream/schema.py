@@ -21,6 +21,7 @@ class Limits:
     max_content_chars: int = 16_000
     max_tokens: int = 4096
     max_deployments: int = 4
+    reasoning_efforts: frozenset[str] = frozenset({"low", "medium", "high"})
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -61,6 +62,8 @@ class ChatRequest(BaseModel):
     stream: bool = True
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    #: Reasoning deployments only; one of CHAT_REASONING_EFFORTS.
+    reasoning_effort: str | None = None
     #: Several deployments answering at once (checked against CHAT_DEPLOYMENTS by the service).
     deployments: list[str] | None = Field(None, min_length=1)
 
@@ -111,6 +114,18 @@ class ChatRequest(BaseModel):
         if value is not None and value > limit:
             raise PydanticCustomError(
                 "option_out_of_range", "max_tokens may be at most {limit}", {"limit": limit}
+            )
+        return value
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _reasoning_effort(cls, value: str | None, info: ValidationInfo) -> str | None:
+        allowed = _limits(info).reasoning_efforts
+        if value is not None and value not in allowed:
+            raise PydanticCustomError(
+                "unsupported_value",
+                "reasoning_effort must be one of: {allowed}",
+                {"allowed": ", ".join(sorted(allowed)) or "(none allowed)"},
             )
         return value
 

@@ -50,7 +50,11 @@ class ChatService:
             max_content_chars=settings.max_content_chars,
             max_tokens=settings.max_tokens_limit,
             max_deployments=settings.max_request_deployments,
+            reasoning_efforts=settings.reasoning_effort_set,
         )
+        #: Which deployments are reasoning models: configuration (CHAT_REASONING_DEPLOYMENTS), never
+        #: guessed from a name.
+        self.reasoning = settings.reasoning_deployment_set
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatService:
@@ -118,21 +122,51 @@ class ChatService:
         if self.target is None:
             raise errors.not_configured(self.config_error or "unknown reason")
         deployments = self._deployments(request)
+        self._check_options(request, deployments)
         runs = [self._run_one(spec, chain_name, request, request_id, name) for name in deployments]
         if len(runs) == 1:
             return runs[0]
         return MultiRun(runs, request_id=request_id, chain_name=chain_name)
 
-    def _run_one(
-        self, spec: ChainSpec, chain_name: str, request: ChatRequest, request_id: str, deployment: str
-    ) -> ChainRun:
-        target = self._target(deployment)
+    def _check_options(self, request: ChatRequest, deployments: list[str]) -> None:
+        """A 400 before any model call for an option a named deployment does not take.
+
+        Rule: `temperature` on a reasoning deployment, or `reasoning_effort` on any other, is refused
+        (never dropped): the caller asked for something the model cannot do, and silently ignoring it
+        would change the answer's character unannounced. With several deployments, one is enough.
+        """
+        if request.temperature is not None:
+            reasoning = [name for name in deployments if name in self.reasoning]
+            if reasoning:
+                raise errors.unsupported_parameter("temperature", reasoning, reasoning=True)
+        if request.reasoning_effort is not None:
+            others = [name for name in deployments if name not in self.reasoning]
+            if others:
+                raise errors.unsupported_parameter("reasoning_effort", others, reasoning=False)
+
+    def _options(self, request: ChatRequest, deployment: str) -> dict[str, Any]:
+        """What this deployment's kind accepts: reasoning models take `max_completion_tokens` (which
+        also covers their hidden reasoning tokens) and `reasoning_effort`; others `max_tokens` and
+        `temperature`. `_check_options` has already refused the rest."""
         options: dict[str, Any] = {}
         max_tokens = request.max_tokens or self.settings.default_max_tokens
+        if deployment in self.reasoning:
+            if max_tokens is not None:
+                options["max_completion_tokens"] = max_tokens
+            if request.reasoning_effort is not None:
+                options["reasoning_effort"] = request.reasoning_effort
+            return options
         if max_tokens is not None:
             options["max_tokens"] = max_tokens
         if request.temperature is not None:
             options["temperature"] = request.temperature
+        return options
+
+    def _run_one(
+        self, spec: ChainSpec, chain_name: str, request: ChatRequest, request_id: str, deployment: str
+    ) -> ChainRun:
+        target = self._target(deployment)
+        options = self._options(request, target.deployment)
         model = target.model.bind(**options) if options else target.model
         context = ChainContext(
             model=model,

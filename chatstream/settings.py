@@ -12,8 +12,15 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: The newest dated GA data-plane inference version (the `/openai/deployments/...` surface).
-DEFAULT_AZURE_API_VERSION = "2024-10-21"
+#: The newest dated data-plane inference version (the `/openai/deployments/...` surface): the first
+#: dated versions with `reasoning_effort` are 2024-12-01-preview and later (2024-10-21, the last dated GA,
+#: has none), and Microsoft lists 2025-04-01-preview for the o-series. `v1` instead selects the
+#: versionless v1 API (`/openai/v1/`), GA since August 2025 and the one listed for the gpt-5 family.
+DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
+#: The `AZURE_OPENAI_API_VERSION` value that selects the v1 API.
+AZURE_V1_API = "v1"
+#: Every `reasoning_effort` value some reasoning model accepts (which ones a model takes varies).
+KNOWN_REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 
 
 class Settings(BaseSettings):
@@ -60,6 +67,12 @@ class Settings(BaseSettings):
     max_request_deployments: int = Field(4, ge=1, le=16, alias="CHAT_MAX_REQUEST_DEPLOYMENTS")
     tool_max_rounds: int = Field(4, ge=1, le=16, alias="CHAT_TOOL_MAX_ROUNDS")
     rag_top_k: int = Field(4, ge=1, le=20, alias="CHAT_RAG_TOP_K")
+    #: Deployments (comma-separated) that are reasoning models (gpt-5 family, o-series): they get
+    #: `max_completion_tokens` and `reasoning_effort`, and a request with `temperature` gets a 400.
+    reasoning_deployments: str = Field("", alias="CHAT_REASONING_DEPLOYMENTS")
+    #: `reasoning_effort` values a request may send (comma-separated); the default is what every
+    #: reasoning model takes. Add `minimal` (gpt-5, gpt-5-mini), `none`/`xhigh` (gpt-5.1 and later).
+    reasoning_efforts: str = Field("low,medium,high", alias="CHAT_REASONING_EFFORTS")
 
     # The embedded simulated deployment, used when no model endpoint is configured.
     simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
@@ -92,6 +105,29 @@ class Settings(BaseSettings):
     def _blank_number_is_unset(cls, value: object) -> object:
         """An empty CHAT_DEFAULT_MAX_TOKENS (as in local.settings.json.example) means 'not set'."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("reasoning_efforts")
+    @classmethod
+    def _known_efforts(cls, value: str) -> str:
+        unknown = {e.strip() for e in value.split(",") if e.strip()} - KNOWN_REASONING_EFFORTS
+        if unknown:
+            raise ValueError(
+                f"unknown reasoning efforts {sorted(unknown)}; known: {sorted(KNOWN_REASONING_EFFORTS)}"
+            )
+        return value
+
+    @property
+    def azure_v1(self) -> bool:
+        """Call Azure OpenAI's v1 API (`{endpoint}/openai/v1/`, no api-version) instead of a dated one."""
+        return self.azure_openai_api_version.strip().lower() == AZURE_V1_API
+
+    @property
+    def reasoning_deployment_set(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.reasoning_deployments.split(",") if n.strip())
+
+    @property
+    def reasoning_effort_set(self) -> frozenset[str]:
+        return frozenset(e.strip() for e in self.reasoning_efforts.split(",") if e.strip())
 
     @property
     def cors_origin_list(self) -> frozenset[str]:

@@ -75,8 +75,10 @@ param chatDeploymentSkuName string = 'GlobalStandard'
 @description('Capacity in thousands of tokens per minute (needs that much quota in openAiLocation).')
 @minValue(1)
 param chatDeploymentCapacity int = 30
-@description('Azure OpenAI data-plane API version the app uses (GA).')
-param openAiApiVersion string = '2024-10-21'
+@description('Is the chat model a reasoning model (gpt-5 family, o-series)? Then the app sends it max_completion_tokens and reasoning_effort and refuses temperature (AZURE_OPENAI_CHAT_REASONING). Set false for gpt-4.1 / gpt-4o and other non-reasoning models.')
+param chatModelIsReasoning bool = true
+@description('Azure OpenAI data-plane API the app uses: v1 (the versionless GA API, Microsoft\'s listed API for the gpt-5 family) or a dated version such as 2025-04-01-preview.')
+param openAiApiVersion string = 'v1'
 @description('Restore a soft-deleted Azure OpenAI account of the same name (set by the preprovision hook after `azd down` without --purge).')
 param openAiRestore bool = false
 
@@ -222,6 +224,7 @@ module api 'app/api.bicep' = {
     openAiEndpoint: openAi.outputs.endpoint
     openAiDeployment: openAi.outputs.deploymentName
     openAiApiVersion: openAiApiVersion
+    reasoningDeployments: chatModelIsReasoning ? openAi.outputs.deploymentName : ''
     pythonVersion: pythonVersion
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
@@ -245,6 +248,7 @@ output CHAT_ENDPOINT_URL string = api.outputs.chatEndpoint
 output AZURE_OPENAI_ENDPOINT string = openAi.outputs.endpoint
 output AZURE_OPENAI_DEPLOYMENT string = openAi.outputs.deploymentName
 output AZURE_OPENAI_API_VERSION string = openAiApiVersion
+output CHAT_REASONING_DEPLOYMENTS string = chatModelIsReasoning ? openAi.outputs.deploymentName : ''
 output AZURE_OPENAI_ACCOUNT_NAME string = openAi.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

@@ -83,6 +83,7 @@ OPTIONAL_IN_AZURE = {
     "CHAT_MAX_REQUEST_DEPLOYMENTS": "request limit with a safe code default; override with extraAppSettings",
     "CHAT_TOOL_MAX_ROUNDS": "code default (4); override with extraAppSettings",
     "CHAT_RAG_TOP_K": "code default (4); override with extraAppSettings",
+    "CHAT_REASONING_EFFORTS": "code default (every reasoning model takes it); override with extraAppSettings",
     "SIMULATOR_TTFT_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_TOKEN_DELAY_MS": "simulator only; Azure uses the real deployment",
     "SIMULATOR_PORT": "simulator only; Azure uses the real deployment",

@@ -19,6 +19,8 @@ param applicationInsightsName string
 param openAiEndpoint string
 param openAiDeployment string
 param openAiApiVersion string
+@description('Comma-separated deployments that are reasoning models (CHAT_REASONING_DEPLOYMENTS); empty: none.')
+param reasoningDeployments string = ''
 
 @allowed(['3.11', '3.12', '3.13'])
 param pythonVersion string = '3.12'
@@ -92,6 +94,8 @@ var appSettings = [
   { name: 'AZURE_OPENAI_ENDPOINT', value: openAiEndpoint }
   { name: 'AZURE_OPENAI_DEPLOYMENT', value: openAiDeployment }
   { name: 'AZURE_OPENAI_API_VERSION', value: openAiApiVersion }
+  // Which deployments are reasoning models is configuration: max_completion_tokens, reasoning_effort, no temperature.
+  { name: 'CHAT_REASONING_DEPLOYMENTS', value: reasoningDeployments }
   // Chat behaviour that depends on the platform.
   { name: 'CHAT_CORS_ORIGINS', value: corsHandledBy == 'app' ? join(corsOriginList, ',') : '' }
   { name: 'CHAT_DEADLINE_SECONDS', value: string(chatDeadlineSeconds) }

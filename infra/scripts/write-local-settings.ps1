@@ -54,6 +54,7 @@ $values = $settings['Values']
 
 $apiVersion = $envValues['AZURE_OPENAI_API_VERSION']
 if (-not $apiVersion) { $apiVersion = if ($values.Contains('AZURE_OPENAI_API_VERSION')) { $values['AZURE_OPENAI_API_VERSION'] } else { '' } }
+$reasoning = if ($envValues.Contains('CHAT_REASONING_DEPLOYMENTS')) { $envValues['CHAT_REASONING_DEPLOYMENTS'] } elseif ($values.Contains('CHAT_REASONING_DEPLOYMENTS')) { $values['CHAT_REASONING_DEPLOYMENTS'] } else { '' }
 
 $managed = [ordered]@{
     # Local Functions host needs these; Azure (Flex) must not have FUNCTIONS_WORKER_RUNTIME.
@@ -63,6 +64,7 @@ $managed = [ordered]@{
     'AZURE_OPENAI_ENDPOINT'       = $envValues['AZURE_OPENAI_ENDPOINT']
     'AZURE_OPENAI_DEPLOYMENT'     = $envValues['AZURE_OPENAI_DEPLOYMENT']
     'AZURE_OPENAI_API_VERSION'    = $apiVersion
+    'CHAT_REASONING_DEPLOYMENTS'  = $reasoning
     # Keyless: local auth is disabled on the account; AZURE_CLIENT_ID stays empty locally so
     # DefaultAzureCredential uses your az/azd login instead of looking for a managed identity.
     'AZURE_OPENAI_API_KEY'        = ''

@@ -71,6 +71,7 @@ MANAGED = {
     "AZURE_OPENAI_ENDPOINT": env["AZURE_OPENAI_ENDPOINT"],
     "AZURE_OPENAI_DEPLOYMENT": env["AZURE_OPENAI_DEPLOYMENT"],
     "AZURE_OPENAI_API_VERSION": env.get("AZURE_OPENAI_API_VERSION") or values.get("AZURE_OPENAI_API_VERSION", ""),
+    "CHAT_REASONING_DEPLOYMENTS": env.get("CHAT_REASONING_DEPLOYMENTS", values.get("CHAT_REASONING_DEPLOYMENTS", "")),
     # Keyless: the account has local auth disabled, and AZURE_CLIENT_ID must stay empty locally so
     # DefaultAzureCredential uses your az/azd login instead of looking for a managed identity.
     "AZURE_OPENAI_API_KEY": "",
