@@ -21,6 +21,11 @@ from yarl import URL
 #: Key of the aiohttp `ClientResponse` in an `httpx2.Response`'s extensions.
 AIOHTTP_RESPONSE = "chatstream.aiohttp_response"
 
+if not hasattr(aiohttp.StreamReader, "_read_nowait"):
+    # Without it the bytes that arrived just before a dropped connection would be lost (`_buffered`);
+    # chatstream.models then falls back to the SDK's own transport.
+    raise ImportError("aiohttp.StreamReader._read_nowait is missing")
+
 
 @contextlib.contextmanager
 def mapped_errors(connecting: bool) -> Iterator[None]:
