@@ -5,7 +5,9 @@ nobody listens.
 adds it to a running total (`final_output + chunk`, a new merged message per token, for `on_chain_end`).
 With no callback handler configured, nothing reads that total. A sequence of prompts followed by one
 streaming step then streams exactly the same chunks by invoking the prompts and streaming the last
-step directly. Anything else (callbacks, tracing, other shapes, extra kwargs) takes LangChain's path.
+step directly. Anything else (callbacks, tracing, other shapes, extra kwargs) takes LangChain's path,
+and so does a sequence ending in LangChain's stock model (`CHAT_LEAN_STREAMING=false`, or the fallback
+when the fast path cannot load): the model says whether it is lean (`lean_streaming`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ async def _format(prompt: BasePromptTemplate, value: Any, config: RunnableConfig
     return await prompt.ainvoke(value, config)
 
 
+def streams_lean(step: Any) -> bool:
+    """The step is the app's lean chat model (chatstream.lean_model), bound or not: a binding hands
+    attribute reads to the model it wraps."""
+    return getattr(step, "lean_streaming", False) is True
+
+
 class LeanSequence(RunnableSequence):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any | None
@@ -40,7 +48,7 @@ class LeanSequence(RunnableSequence):
         config = ensure_config(config)
         *head, last = self.steps
         prompts_first = all(isinstance(step, BasePromptTemplate) for step in head)
-        if kwargs or not prompts_first or not nobody_listens(config):
+        if kwargs or not prompts_first or not streams_lean(last) or not nobody_listens(config):
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
             return

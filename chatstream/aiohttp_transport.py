@@ -51,6 +51,11 @@ _STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 #: After a burst every idle connection of the pool may be stale: one retry per stale one, at most this many.
 _MAX_STALE_RETRIES = 32
 
+if not hasattr(aiohttp.StreamReader, "_read_nowait"):
+    # Without it the bytes that arrived just before a dropped connection would be lost (`_buffered`);
+    # chatstream.models then falls back to the SDK's own transport.
+    raise ImportError("aiohttp.StreamReader._read_nowait is missing")
+
 
 @contextlib.contextmanager
 def mapped_errors(connecting: bool) -> Iterator[None]:

@@ -30,6 +30,7 @@ import openai
 import orjson
 
 from chatstream.aiohttp_transport import AIOHTTP_RESPONSE, finish, read_body
+from chatstream.upstream import StreamTruncated, UpstreamProtocolError
 
 Chunk = dict[str, Any]
 
@@ -44,14 +45,6 @@ MAX_EVENT_BYTES = 4 << 20
 
 #: Content types that are certainly not an event stream (an error page or a JSON error at status 200).
 _NOT_SSE = ("application/json", "text/html", "application/xml", "text/xml", "application/problem+json")
-
-
-class UpstreamProtocolError(openai.APIError):
-    """The model server sent bytes that are not a chat-completion stream."""
-
-
-class StreamTruncated(openai.APIError):
-    """The stream ended before the answer was complete (no `[DONE]`, no `finish_reason`)."""
 
 
 class EventTooLarge(ValueError):

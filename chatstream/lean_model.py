@@ -6,14 +6,18 @@ chunk through pydantic validation; with no callback handler configured (no traci
 mixin runs `_astream` directly, yielding the same message chunks (same ids, metadata and the final
 `chunk_position="last"` chunk) while keeping none; with any handler it defers to LangChain's own
 `astream`, unchanged. Plain content chunks are built with `model_construct` (no validation: their
-fields are exactly what the validated path produces, see tests/test_lean_model.py).
+fields are exactly what the validated path produces). tests/test_lean_equivalence.py compares this
+path with stock `AzureChatOpenAI.astream` chunk by chunk.
+
+The private LangChain names used here are checked at import: if an upgrade removed one, the import
+fails with ImportError and chatstream.models falls back to the stock classes.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from langchain_core.callbacks import AsyncCallbackManager
 from langchain_core.language_models import LanguageModelInput
@@ -23,16 +27,31 @@ from langchain_core.messages import AIMessageChunk, BaseMessageChunk
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_openai import AzureChatOpenAI, ChatOpenAI
+from langchain_openai.chat_models.base import BaseChatOpenAI
 from pydantic import model_validator
 
 from chatstream.chunk_stream import DictChunkCompletions
 
 _LC_ID_PREFIX = "lc_run-"
 _FINISH_KEYS = (("model", "model_name"), ("system_fingerprint", "system_fingerprint"))
+#: Keyword arguments `with_structured_output` binds for tracing only: stock `astream` pops them before
+#: `_astream` (which would send them to the API).
+_TRACING_ONLY_KWARGS = ("ls_structured_output_format", "structured_output_format")
+
+for _owner, _name in (
+    (BaseChatOpenAI, "_convert_chunk_to_generation_chunk"),
+    (BaseChatOpenAI, "_astream"),
+    (BaseChatOpenAI, "_convert_input"),
+):
+    if not hasattr(_owner, _name):
+        raise ImportError(f"{_owner.__name__}.{_name} is missing")
 
 
 class LeanStreamingMixin:
     """Mixed into a langchain-openai chat model class (before it in the bases)."""
+
+    #: Read by chains.lean.LeanSequence: only a lean model's sequence takes the lean path too.
+    lean_streaming: ClassVar[bool] = True
 
     def _install_dict_client(self) -> None:
         """Swap the SDK's completions resource for one that yields plain dict chunks."""
@@ -64,6 +83,8 @@ class LeanStreamingMixin:
             async for chunk in super().astream(input, config, stop=stop, **kwargs):  # type: ignore[misc]
                 yield chunk
             return
+        for name in _TRACING_ONLY_KWARGS:
+            kwargs.pop(name, None)
         messages = _normalize_messages(model._convert_input(input).to_messages())
         run_id = f"{_LC_ID_PREFIX}-{config.get('run_id') or uuid.uuid4()}"
         last: BaseMessageChunk | None = None

@@ -15,9 +15,8 @@ from urllib.parse import urlparse
 
 import openai
 from langchain_core.language_models import BaseChatModel
+from langchain_openai import AzureChatOpenAI, ChatOpenAI
 
-from chatstream.aiohttp_transport import AiohttpTransport
-from chatstream.lean_model import LeanAzureChatOpenAI, LeanChatOpenAI
 from chatstream.settings import Settings
 
 log = logging.getLogger("chatstream.models")
@@ -74,54 +73,86 @@ def _token_provider(client_id: str | None) -> Callable[[], Awaitable[str]]:
     return get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
 
 
-def _transport_options(settings: Settings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FastPath:
+    """The lean model classes and the aiohttp transport they stream through."""
+
+    azure: type[AzureChatOpenAI]
+    openai: type[ChatOpenAI]
+    transport: type[Any]
+
+
+@lru_cache(maxsize=1)
+def fast_path() -> FastPath | None:
+    """The fast path, or None when a private LangChain or aiohttp name it relies on is missing from the
+    installed versions: the app then streams through LangChain's stock path (one warning) instead of
+    failing to load."""
+    try:
+        from chatstream.aiohttp_transport import AiohttpTransport
+        from chatstream.lean_model import LeanAzureChatOpenAI, LeanChatOpenAI
+    except ImportError as exc:
+        log.warning(
+            "fast streaming path unavailable with the installed LangChain/aiohttp (%s); "
+            "using LangChain's stock streaming path",
+            exc,
+        )
+        return None
+    return FastPath(LeanAzureChatOpenAI, LeanChatOpenAI, AiohttpTransport)
+
+
+def _fast(settings: Settings) -> FastPath | None:
+    return fast_path() if settings.lean_streaming else None
+
+
+def _transport_options(settings: Settings, fast: FastPath | None) -> dict[str, Any]:
     """What every model gets: `client_options`, aiohttp under the SDK, no per-chunk timeout wrapper.
 
     Stalls stay bounded without the wrapper: the HTTP read timeout applies between any two reads of
-    the stream (see `client_options`). See docs/benchmarks.md for why these choices.
+    the stream (see `client_options`). See docs/benchmarks.md for why these choices. Without the fast
+    path the SDK keeps its own httpx transport and nothing is coalesced.
     """
-    return {
-        **client_options(settings),
+    options: dict[str, Any] = {**client_options(settings), "stream_chunk_timeout": None, "stream_usage": True}
+    if fast is not None:
         # Its aiohttp session is created on first use, in the loop that serves requests.
-        "http_async_client": openai.DefaultAsyncHttpxClient(transport=AiohttpTransport()),
-        "stream_chunk_timeout": None,
-        "stream_usage": True,
-        "coalesce_deltas": settings.coalesce_deltas,
-    }
+        options["http_async_client"] = openai.DefaultAsyncHttpxClient(transport=fast.transport())
+        options["coalesce_deltas"] = settings.coalesce_deltas
+    return options
 
 
-def _azure_v1(settings: Settings, endpoint: str, api_key: str | None, deployment: str) -> LeanChatOpenAI:
+def _azure_v1(settings: Settings, endpoint: str, api_key: str | None, deployment: str) -> ChatOpenAI:
     """Azure OpenAI's v1 API (AZURE_OPENAI_API_VERSION=v1): the plain OpenAI client on
     `{endpoint}/openai/v1/`, the deployment as `model`, no api-version. Keyless, the async token
     provider is the client's `api_key`: the SDK awaits it before each request (the credential caches
     the token) and sends it as `Authorization: Bearer`."""
-    return LeanChatOpenAI(
+    fast = _fast(settings)
+    model_class = fast.openai if fast is not None else ChatOpenAI
+    return model_class(
         base_url=f"{endpoint}/openai/v1",
         api_key=api_key or _token_provider(settings.azure_client_id),
         model=deployment,
         # Chat Completions always: langchain-openai would move some model names to the Responses API.
         use_responses_api=False,
-        **_transport_options(settings),
+        **_transport_options(settings, fast),
     )
 
 
 def _azure(
     settings: Settings, endpoint: str, api_key: str | None, deployment: str
-) -> LeanAzureChatOpenAI | LeanChatOpenAI:
+) -> AzureChatOpenAI | ChatOpenAI:
     if settings.azure_v1:
         return _azure_v1(settings, endpoint, api_key, deployment)
+    fast = _fast(settings)
+    model_class = fast.azure if fast is not None else AzureChatOpenAI
     common = {
         "azure_endpoint": endpoint,
         "azure_deployment": deployment,
         "api_version": settings.azure_openai_api_version,
-        **_transport_options(settings),
+        **_transport_options(settings, fast),
     }
     if api_key:
-        return LeanAzureChatOpenAI(api_key=api_key, **common)
+        return model_class(api_key=api_key, **common)
     # Keyless: the async credential keeps token refreshes off the event loop's critical path.
-    return LeanAzureChatOpenAI(
-        azure_ad_async_token_provider=_token_provider(settings.azure_client_id), **common
-    )
+    return model_class(azure_ad_async_token_provider=_token_provider(settings.azure_client_id), **common)
 
 
 def build_model(
@@ -140,11 +171,12 @@ def build_model(
         endpoint = _check_url("OPENAI_BASE_URL", settings.openai_base_url)
         if not settings.openai_model:
             raise ConfigurationError("OPENAI_BASE_URL is set but OPENAI_MODEL is not")
-        model = LeanChatOpenAI(
+        fast = _fast(settings)
+        model = (fast.openai if fast is not None else ChatOpenAI)(
             base_url=endpoint,
             api_key=settings.openai_api_key or "not-needed",
             model=deployment or settings.openai_model,
-            **_transport_options(settings),
+            **_transport_options(settings, fast),
         )
         return ModelTarget("openai", deployment or settings.openai_model, model, endpoint)
     if simulator_url is None:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(15.0, ge=0, alias="CHAT_HEARTBEAT_SECONDS")
     #: Forward tokens that arrived together in one network read as one delta (never waits for more).
     coalesce_deltas: bool = Field(True, alias="CHAT_COALESCE_DELTAS")
+    #: The fast streaming path (aiohttp transport, dict chunks, LangChain bookkeeping skipped when nobody
+    #: listens). `false`: LangChain's stock model on the SDK's stock transport, e.g. to rule it out.
+    lean_streaming: bool = Field(True, alias="CHAT_LEAN_STREAMING")
     deadline_seconds: float = Field(220.0, gt=0, alias="CHAT_DEADLINE_SECONDS")
     #: Deployments a request may name in `deployments` (comma-separated); the configured one always is.
     deployments: str = Field("", alias="CHAT_DEPLOYMENTS")

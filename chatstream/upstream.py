@@ -14,10 +14,17 @@ from typing import Any
 
 import openai
 
-from chatstream.chunk_stream import StreamTruncated, UpstreamProtocolError
 from chatstream.errors import ChatError
 
 log = logging.getLogger("chatstream.upstream")
+
+
+class UpstreamProtocolError(openai.APIError):
+    """The model server sent bytes that are not a chat-completion stream (raised by `chunk_stream`)."""
+
+
+class StreamTruncated(openai.APIError):
+    """The stream ended before the answer was complete: no `[DONE]`, no `finish_reason`."""
 
 
 #: The longest wait we pass on (or sleep on). An upstream hint above it, or `inf`, is clamped to it:

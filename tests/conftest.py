@@ -31,7 +31,8 @@ def simulator(_simulator_server: SimulatorHandle) -> SimulatorHandle:
 # --- The app under test: `python -m funchost` serving function_app.py over a real socket. ---
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "openai-streams"
+#: Recorded Azure OpenAI / OpenAI transcripts (data, with their source notes), part of the repository.
+SHARED_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "openai-streams"
 
 #: Settings that would point the app somewhere else; the tests always choose for themselves.
 _MODEL_SETTINGS = (

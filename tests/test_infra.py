@@ -74,6 +74,7 @@ OPTIONAL_IN_AZURE = {
     "CHAT_DEFAULT_MAX_TOKENS": "unset means the model's own default",
     "CHAT_UPSTREAM_TIMEOUT_SECONDS": "code default; override with extraAppSettings",
     "CHAT_COALESCE_DELTAS": "code default (on); override with extraAppSettings",
+    "CHAT_LEAN_STREAMING": "code default (on); `false` only to rule the fast path out, via extraAppSettings",
     "CHAT_UPSTREAM_MAX_RETRIES": "code default; override with extraAppSettings",
     "CHAT_FIRST_EVENT_WAIT_SECONDS": "code default (5 s); override with extraAppSettings",
     "CHAT_UPSTREAM_READ_TIMEOUT_SECONDS": "code default (30 s); override with extraAppSettings",

@@ -19,6 +19,7 @@ from openai import AsyncAzureOpenAI, AsyncOpenAI
 
 from aoai_simulator import FaultSpecError, SimulatorConfig, parse_fault, start_in_thread
 from aoai_simulator.text import answer_tokens, count_tokens, prompt_tokens, tokenize
+from tests.conftest import SHARED_FIXTURES
 
 API_VERSION = "2024-10-21"
 DEPLOYMENT = "gpt-4o-mini"
@@ -26,7 +27,7 @@ MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "How do I stream tokens from Azure OpenAI to a browser?"},
 ]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openai-streams"
+FIXTURES = SHARED_FIXTURES
 TEST_TIMEOUT_S = 20
 
 
@@ -600,8 +601,6 @@ def _keys(obj: Any, prefix: str = "") -> set[str]:
 
 
 def test_chunk_shapes_match_real_azure_transcripts(simulator):
-    if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not present at {FIXTURES}")
     ours = sse_events(
         post_stream(simulator, {"messages": MESSAGES, "stream_options": {"include_usage": True}}).text
     )

@@ -13,9 +13,7 @@ from tests.conftest import SHARED_FIXTURES, start_app
 from tests.support.replay import Replay
 from tests.test_chat_stream import sse_events
 
-TRANSCRIPTS = sorted(SHARED_FIXTURES.glob("*tool-call*.sse")) if SHARED_FIXTURES.is_dir() else []
-
-pytestmark = pytest.mark.skipif(not TRANSCRIPTS, reason="shared fixtures are not present")
+TRANSCRIPTS = sorted(SHARED_FIXTURES.glob("*tool-call*.sse"))
 
 
 def expected_calls(body: bytes) -> dict[int, dict[str, str]]:
