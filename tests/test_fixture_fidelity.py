@@ -46,6 +46,9 @@ def expected(transcript: Path) -> dict:
         if chunk.get("usage"):
             u = chunk["usage"]
             usage = {k: u[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            reasoning = (u.get("completion_tokens_details") or {}).get("reasoning_tokens")
+            if reasoning is not None:  # reported as the upstream reports it, zero included
+                usage["reasoning_tokens"] = reasoning
     return {"content": "".join(content), "finish_reason": finish_reason, "usage": usage}
 
 
