@@ -83,6 +83,7 @@ class EventStreamResponse(Response):
         self._last_write = 0.0
         #: Set by the disconnect watcher; checked after each write (a cancellation can be absorbed).
         self._client_left = False
+        self._watcher_cancelled = False
         #: Once the end of the body is sent, a disconnect is no longer the client leaving early.
         self._finished = False
 
@@ -98,9 +99,12 @@ class EventStreamResponse(Response):
             if not self._client_left:
                 raise
             # Our watcher's cancellation, not the server's: the response simply ends.
-            task.uncancel()
+            if self._watcher_cancelled:
+                task.uncancel()
             if task.cancelling():
                 raise asyncio.CancelledError from None
+        except OSError:  # servers on ASGI spec 2.4 raise on a send after the client left
+            self._client_left = True
         finally:
             _active -= 1
             watcher.cancel()
@@ -112,6 +116,7 @@ class EventStreamResponse(Response):
                 pass
             if not self._finished:
                 self._client_left = True
+                self._watcher_cancelled = True
                 task.cancel()
 
     async def _events(self) -> AsyncIterator[Event]:
