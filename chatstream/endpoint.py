@@ -6,7 +6,6 @@ Nothing here is Azure-specific; `function_app.py` only routes to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable
@@ -103,19 +102,35 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+#: How often a cancellation is repeated while the cancelled work runs on (a layer below absorbed it).
+_CANCEL_REPEAT_SECONDS = 0.5
+
+
 async def _cancel(task: asyncio.Future[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    """Cancel and wait until it is done: langchain awaits a task per chunk, and a cancellation that
+    lands as that task completes is absorbed, so one `cancel()` may not stop the work."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_CANCEL_REPEAT_SECONDS)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
-async def _unless_client_leaves(request: Request, run: ChainRun, work: Awaitable[T]) -> T:
-    """Runs `work` but cancels it (and so the model call) as soon as the client disconnects."""
+async def _unless_client_leaves(
+    request: Request, run: ChainRun, work: Awaitable[T], *, deadline_at: float, deadline: ChatError
+) -> T:
+    """Runs `work` but cancels it (and so the model call) as soon as the client disconnects or the
+    deadline passes (then the caller gets `deadline_exceeded`)."""
     task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({task, gone}, return_when="FIRST_COMPLETED")
+        timeout = max(0.0, deadline_at - asyncio.get_running_loop().time())
+        await asyncio.wait({task, gone}, timeout=timeout, return_when="FIRST_COMPLETED")
         if not task.done():
+            if not gone.done():
+                run.fail(deadline)  # the outcome the log line reports
+                await _cancel(task)
+                raise deadline
             await _cancel(task)
             _mark_cancelled(run)
             run.log_outcome()
@@ -152,7 +167,14 @@ class ChatEndpoint:
             run = self.service.run(chat_request, request_id)
             if not chat_request.stream:
                 assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
-                answer = await _unless_client_leaves(request, run, collect(run))
+                settings = self.service.settings
+                answer = await _unless_client_leaves(
+                    request,
+                    run,
+                    collect(run),
+                    deadline_at=asyncio.get_running_loop().time() + settings.deadline_seconds,
+                    deadline=deadline_error(settings.deadline_seconds),
+                )
                 headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
                 return JSONResponse(answer, headers=headers)
             return await self._stream(request, run, wire, cors)

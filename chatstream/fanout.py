@@ -46,7 +46,12 @@ class MultiRun:
     chain_name: str
     in_band_errors: bool = True
     started: bool = False
+    #: Deployments whose task has ended (its events may still wait in the queue).
     finished: set[int] = field(default_factory=set)
+    #: Deployments whose `end` the consumer has taken: only these are over for the caller.
+    delivered: set[int] = field(default_factory=set)
+    #: Failures before the merged stream started, reported right after its `start`.
+    early: list[tuple[int, ChatError]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -78,7 +83,8 @@ class MultiRun:
     async def events(self) -> AsyncIterator[Event]:
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._tasks = [asyncio.create_task(self._pump(i, queue)) for i in range(len(self.runs))]
-        early: list[tuple[int, ChatError]] = []
+        early = self.early
+        delivered = self.delivered
         try:
             while len(self.finished) < len(self.runs):
                 index, item = await queue.get()
@@ -89,18 +95,25 @@ class MultiRun:
                     if self.started:
                         for event in self._late_failure(index, item):
                             yield event
+                        delivered.add(index)
                     else:
                         early.append((index, item))
                     continue
-                if item["type"] == "start":
+                kind = item["type"]
+                if kind == "start":
                     if not self.started:
                         yield self._start_event()
-                        for failed, error in early:
+                        while early:
+                            failed, error = early[0]
                             for event in self._late_failure(failed, error):
                                 yield event
-                        early.clear()
+                            early.pop(0)
+                            delivered.add(failed)
                     continue
                 yield item
+                # Resumed: the consumer wrote the event and wants the next one.
+                if kind == "end":
+                    delivered.add(index)
             if not self.started:
                 raise early[0][1]
         finally:
@@ -120,13 +133,16 @@ class MultiRun:
                 await task
 
     def fail(self, error: ChatError) -> list[Event]:
-        """Deadline or late failure of the whole stream: close every unfinished deployment, then done."""
+        """Deadline or late failure of the whole stream: every deployment the caller has not seen end
+        gets an `error` and its own `end` (its early failure, or `error`), then `done` lists them."""
         head = [] if self.started else [self._start_event()]
+        early = dict(self.early)
+        self.early.clear()
         closing: list[Event] = []
-        for index, run in enumerate(self.runs):
-            if index not in self.finished and run.outcome == "running":
-                run.started = True
-                closing.extend(run.fail(error))
+        for index in range(len(self.runs)):
+            if index not in self.delivered:
+                closing.extend(self._late_failure(index, early.get(index, error)))
+                self.delivered.add(index)
         return [*head, *closing, done_event(self.request_id, self.runs)]
 
     def log_outcome(self) -> None:

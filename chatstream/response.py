@@ -1,9 +1,14 @@
 """The streaming response: events on the wire, heartbeats while idle, and a hard deadline.
 
-Heartbeats come from a side task that only writes when nothing else was written for a while, so
-the per-event path costs one clock read. The deadline is enforced here, around the whole body,
-because the chain's generator may be started in one task and resumed in another (the Functions
-worker calls the function and sends the body from different tasks).
+An ASGI response of our own (not Starlette's StreamingResponse) so that one lock serialises every
+body write: the heartbeat side task and the event loop never call `send` at the same time, whatever
+the server does inside `send`. The per-event path costs one uncontended lock and one clock read.
+
+The deadline is enforced here, around the whole body, because the chain's generator may be started
+in one task and resumed in another (the Functions worker calls the function and sends the body from
+different tasks). After it, the closing events get a short, bounded time on the wire: a caller that
+stopped reading (a full socket buffer blocks `send` forever) cannot hold the run, the model's stream
+or their memory past the deadline.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from chatstream.encoding import WireFormat
 from chatstream.errors import ChatError
@@ -24,7 +29,12 @@ from chatstream.runner import ChainRun
 
 log = logging.getLogger("chatstream.response")
 
-#: Closing tasks started while the response task itself was being cancelled (client gone).
+#: How long the closing events (deadline or late failure), the trailer and the end of the body may
+#: take on the wire. A caller that does not take them in this time has stopped reading: the response
+#: is abandoned (the server closes the connection), so it cannot outlive the deadline by more.
+CLOSING_WRITES_SECONDS = 5.0
+
+#: Closing tasks of the chains' generators, kept referenced until they finish.
 _closing: set[asyncio.Task[None]] = set()
 _active = 0
 
@@ -38,12 +48,13 @@ def closing_tasks() -> int:
     return len(_closing)
 
 
-async def _no_body() -> AsyncIterator[bytes]:
-    return
-    yield b""
+class _ClientLeft(Exception):
+    """The caller disconnected: nothing more is written."""
 
 
-class EventStreamResponse(StreamingResponse):
+class EventStreamResponse(Response):
+    """Starlette's Response for the headers and media type; the body is ours (`__call__`)."""
+
     def __init__(
         self,
         run: ChainRun | MultiRun,
@@ -56,7 +67,11 @@ class EventStreamResponse(StreamingResponse):
         deadline_error: ChatError,
         headers: dict[str, str],
     ) -> None:
-        super().__init__(_no_body(), media_type=wire.media_type, headers=headers)
+        # Not Response.__init__: it would add `Content-Length: 0` for the empty `content`.
+        self.status_code = 200
+        self.media_type = wire.media_type
+        self.background = None
+        self.init_headers(headers)
         self.run = run
         self.first = first
         self.rest = rest
@@ -64,7 +79,45 @@ class EventStreamResponse(StreamingResponse):
         self.heartbeat_seconds = heartbeat_seconds
         self.deadline_at = deadline_at
         self.deadline_error = deadline_error
+        self._lock = asyncio.Lock()
         self._last_write = 0.0
+        #: Set by the disconnect watcher; checked after each write (a cancellation can be absorbed).
+        self._client_left = False
+        self._watcher_cancelled = False
+        #: Once the end of the body is sent, a disconnect is no longer the client leaving early.
+        self._finished = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        global _active
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(self._watch_disconnect(receive, task))
+        _active += 1
+        try:
+            await self._body(send)
+        except (asyncio.CancelledError, _ClientLeft):
+            if not self._client_left:
+                raise
+            # Our watcher's cancellation, not the server's: the response simply ends.
+            if self._watcher_cancelled:
+                task.uncancel()
+            if task.cancelling():
+                raise asyncio.CancelledError from None
+        except OSError:  # servers on ASGI spec 2.4 raise on a send after the client left
+            self._client_left = True
+        finally:
+            _active -= 1
+            watcher.cancel()
+
+    async def _watch_disconnect(self, receive: Receive, task: asyncio.Task[object]) -> None:
+        """The request body was read already, so the next message is the client leaving."""
+        with contextlib.suppress(Exception):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not self._finished:
+                self._client_left = True
+                self._watcher_cancelled = True
+                task.cancel()
 
     async def _events(self) -> AsyncIterator[Event]:
         first = self.first
@@ -73,38 +126,38 @@ class EventStreamResponse(StreamingResponse):
             yield event
 
     async def _write(self, send: Send, body: bytes) -> None:
-        await send({"type": "http.response.body", "body": body, "more_body": True})
+        async with self._lock:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         self._last_write = asyncio.get_running_loop().time()
 
     async def _heartbeats(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
         heartbeat = self.wire.heartbeat
         assert heartbeat is not None
+        interval = self.heartbeat_seconds
+        message = {"type": "http.response.body", "body": heartbeat, "more_body": True}
         with contextlib.suppress(Exception):
             while True:
-                wait = self._last_write + self.heartbeat_seconds - loop.time()
+                wait = self._last_write + interval - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
                     continue
-                await self._write(send, heartbeat)
+                async with self._lock:
+                    # An event may have gone out while we waited for the lock.
+                    if self._last_write + interval <= loop.time():
+                        await send(message)
+                        self._last_write = loop.time()
 
-    async def stream_response(self, send: Send) -> None:
-        global _active
-        _active += 1
-        try:
-            await self._stream_response(send)
-        finally:
-            _active -= 1
-
-    async def _stream_response(self, send: Send) -> None:
+    async def _body(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        self._last_write = asyncio.get_running_loop().time()
+        self._last_write = loop.time()
         beat = None
         if self.wire.heartbeat is not None and self.heartbeat_seconds > 0:
             beat = asyncio.create_task(self._heartbeats(send))
         events = self._events()
         encode = self.wire.encode
-        closed = False
+        closer: asyncio.Task[None] | None = None
         try:
             closing: list[Event] = []
             try:
@@ -114,30 +167,53 @@ class EventStreamResponse(StreamingResponse):
                         await self._write(send, encode(event))
                         # asyncio.timeout cancels once; a layer below that absorbs the cancellation
                         # (langchain awaits a task per chunk) would let the stream run on. The clock
-                        # was read by _write anyway, so this check is free.
+                        # was read by _write anyway, so these checks are free.
                         if self._last_write >= deadline_at:
                             raise TimeoutError
+                        if self._client_left:
+                            raise _ClientLeft
             except TimeoutError:
                 closing = self.run.fail(self.deadline_error)
             except ChatError as error:  # the model failed after the response was already committed
                 closing = self.run.fail(error)
-            await self._close_source(events)
-            closed = True
-            for event in closing:
-                await self._write(send, encode(event))
+            if beat is not None:
+                # It may be holding the lock in a `send` that will never return (a caller not reading).
+                await _stop(beat)
+            closer = self._close_in_background(events)
+            await asyncio.shield(closer)
+            tail = [encode(event) for event in closing]
             if self.wire.trailer:
-                await self._write(send, self.wire.trailer)
+                tail.append(self.wire.trailer)
+            try:
+                async with asyncio.timeout(CLOSING_WRITES_SECONDS):
+                    for body in tail:
+                        await self._write(send, body)
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except TimeoutError:
+                # Ending without the end of the body makes the server drop the connection.
+                log.warning(
+                    "chat stream abandoned request_id=%s: the caller took nothing for %g s",
+                    self.run.request_id,
+                    CLOSING_WRITES_SECONDS,
+                )
+                return
+            self._finished = True
         finally:
             if beat is not None:
                 beat.cancel()
-            if not closed:
+            if closer is None:
                 # Cancelled (the client left): close the chain in a task of its own, which the
                 # cancellation of this one cannot interrupt halfway.
-                task = asyncio.create_task(self._close_source(events))
-                _closing.add(task)
-                task.add_done_callback(_closing.discard)
+                self._close_in_background(events)
+                if isinstance(self.run, ChainRun) and self.run.outcome == "running":
+                    self.run.outcome = "cancelled"  # its generator was paused at a `yield`
             self.run.log_outcome()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _close_in_background(self, events: AsyncIterator[Event]) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._close_source(events))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+        return task
 
     async def _close_source(self, events: AsyncIterator[Event]) -> None:
         """Close the wrapper and the chain's generator now, so the upstream request ends with them."""
@@ -150,3 +226,9 @@ class EventStreamResponse(StreamingResponse):
             if aclose is not None:
                 with contextlib.suppress(RuntimeError):
                     await aclose()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel and wait, without swallowing a cancellation of the caller."""
+    task.cancel()
+    await asyncio.wait({task})
