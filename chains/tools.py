@@ -22,9 +22,9 @@ from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from langchain_core.tools import BaseTool
 
+from chains.errors import ChainFailure
 from chains.example_tools import example_tools
 from chains.registry import ChainContext, ChainSpec, ChatInput
-from chatstream.errors import ChatError
 
 log = logging.getLogger("chains.tools")
 
@@ -32,12 +32,10 @@ log = logging.getLogger("chains.tools")
 MAX_RESULT_CHARS = 4000
 
 
-def rounds_exceeded(rounds: int) -> ChatError:
-    return ChatError(
-        502,
+def rounds_exceeded(rounds: int) -> ChainFailure:
+    return ChainFailure(
         "tool_rounds_exceeded",
         f"the model still asked for tools after {rounds} rounds; no answer was produced",
-        retryable=False,
     )
 
 
@@ -178,7 +176,8 @@ def build_tool_loop(context: ChainContext, tools: Sequence[BaseTool]) -> Runnabl
                 )
         raise rounds_exceeded(max_rounds)
 
-    return RunnableGenerator(loop, name="tool_loop")
+    # RunnableGenerator passes the config to a function that takes one; its stubs do not say so.
+    return RunnableGenerator(loop, name="tool_loop")  # type: ignore[arg-type]
 
 
 def build_tools_chain(context: ChainContext) -> Runnable:

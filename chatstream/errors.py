@@ -1,7 +1,8 @@
-"""Errors the caller may see, and the one JSON shape they all take.
+"""The error catalogue: every error the caller may see, and the one JSON shape they all take.
 
-Messages here are written for the caller: they never carry upstream exception text, endpoints,
-keys or stack traces.
+Every `ChatError` is built here, so a code has one status, one `retryable` and one message wherever it
+is raised (docs/protocol.md lists them). Messages are written for the caller: they never carry
+upstream exception text, endpoints, keys or stack traces.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 
 @dataclass
@@ -50,7 +52,7 @@ _SCHEMA_CODES = {"too_many_messages", "content_too_long", "option_out_of_range",
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
-def _code_for(error: dict[str, Any]) -> str:
+def _code_for(error: ErrorDetails) -> str:
     if error["type"] in _SCHEMA_CODES:
         return str(error["type"])
     if error["loc"] in (("max_tokens",), ("temperature",)) and error["type"] in _RANGE_ERRORS:
@@ -101,7 +103,92 @@ def not_acceptable() -> ChatError:
 
 
 def internal_error() -> ChatError:
+    """A bug of ours; the details are in the log only."""
     return ChatError(500, "internal_error", "the server failed to produce an answer", retryable=True)
+
+
+def deadline_exceeded(seconds: float) -> ChatError:
+    return ChatError(
+        504, "deadline_exceeded", f"the answer took longer than the {seconds:g} s limit", retryable=True
+    )
+
+
+# -- the model service (see chatstream/upstream.py for which failure is which) --------------------
+
+
+def rate_limited(retry_after: float | None, headers: dict[str, str]) -> ChatError:
+    return ChatError(
+        429,
+        "rate_limited",
+        "the model is rate limited; retry later",
+        retryable=True,
+        retry_after=retry_after,
+        headers=headers,
+    )
+
+
+def upstream_overloaded(retry_after: float | None, headers: dict[str, str]) -> ChatError:
+    return ChatError(
+        503,
+        "upstream_overloaded",
+        "the model service is overloaded; retry later",
+        retryable=True,
+        retry_after=retry_after,
+        headers=headers,
+    )
+
+
+def prompt_filtered() -> ChatError:
+    return ChatError(
+        400, "content_filter", "the prompt was blocked by the content filter; rephrase it", retryable=False
+    )
+
+
+def answer_filtered() -> ChatError:
+    """In-stream only (the status is never sent): the filter stopped an answer that had begun."""
+    return ChatError(200, "content_filter", "the answer was stopped by the content filter", retryable=False)
+
+
+def upstream_auth_failed() -> ChatError:
+    return ChatError(
+        502,
+        "upstream_auth_failed",
+        "the app is not allowed to call the model; check its identity and role",
+        retryable=False,
+    )
+
+
+def deployment_not_found() -> ChatError:
+    return ChatError(
+        502, "deployment_not_found", "the configured model deployment does not exist", retryable=False
+    )
+
+
+def upstream_timeout(started: bool) -> ChatError:
+    message = "the model stopped sending mid-answer" if started else "the model did not answer in time"
+    return ChatError(504, "upstream_timeout", message, retryable=True)
+
+
+def upstream_unavailable() -> ChatError:
+    return ChatError(502, "upstream_unavailable", "the model service could not be reached", retryable=True)
+
+
+def upstream_interrupted(why: str = "the connection to the model service broke mid-answer") -> ChatError:
+    return ChatError(502, "upstream_interrupted", why, retryable=True)
+
+
+def upstream_error(why: str = "the model service failed; retry later") -> ChatError:
+    return ChatError(502, "upstream_error", why, retryable=True)
+
+
+def upstream_rejected() -> ChatError:
+    return ChatError(502, "upstream_rejected", "the model service rejected the request", retryable=False)
+
+
+def chain_failed(code: str, message: str, retryable: bool) -> ChatError:
+    """A chain's own failure (`chains.ChainFailure`, e.g. `tool_rounds_exceeded`): the chain's code
+    and message, as the model service's fault for the status."""
+    return ChatError(502, code, message, retryable=retryable)
 
 
 def unknown_deployment(names: list[str], allowed: list[str]) -> ChatError:

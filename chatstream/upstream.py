@@ -1,4 +1,4 @@
-"""Turning whatever the model client raised into a `ChatError` that is safe to show.
+"""Turning whatever the model client (or a chain) raised into a `ChatError` from the catalogue.
 
 The caller learns the class of failure (rate limit, filter, timeout, ...) and whether a retry
 may help; the upstream's own message, URL and headers stay in our logs.
@@ -14,6 +14,8 @@ from typing import Any
 
 import openai
 
+from chains.errors import ChainFailure
+from chatstream import errors
 from chatstream.errors import ChatError
 
 log = logging.getLogger("chatstream.upstream")
@@ -89,57 +91,27 @@ def _azure_error_code(exc: openai.APIStatusError) -> str | None:
     return None
 
 
-def _rate_limited(exc: openai.APIStatusError) -> ChatError:
-    retry_after = _retry_after(exc.response.headers)
-    return ChatError(
-        429,
-        "rate_limited",
-        "the model is rate limited; retry later",
-        retryable=True,
-        retry_after=retry_after,
-        headers=retry_after_header(retry_after),
-    )
-
-
 def _status_error(exc: openai.APIStatusError) -> ChatError:
     status = exc.status_code
     if status == 429:
-        return _rate_limited(exc)
+        retry_after = _retry_after(exc.response.headers)
+        return errors.rate_limited(retry_after, retry_after_header(retry_after))
     if status == 400 and _azure_error_code(exc) == "content_filter":
-        return ChatError(
-            400,
-            "content_filter",
-            "the prompt was blocked by the content filter; rephrase it",
-            retryable=False,
-        )
+        return errors.prompt_filtered()
     if status in (401, 403):
-        return ChatError(
-            502,
-            "upstream_auth_failed",
-            "the app is not allowed to call the model; check its identity and role",
-            retryable=False,
-        )
+        return errors.upstream_auth_failed()
     if status == 404:
-        return ChatError(
-            502, "deployment_not_found", "the configured model deployment does not exist", retryable=False
-        )
+        return errors.deployment_not_found()
     if 300 <= status < 400:  # redirects are never followed (aiohttp_transport)
-        return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)
+        return errors.upstream_error()
     if status in (408, 504):
-        return ChatError(504, "upstream_timeout", "the model did not answer in time", retryable=True)
+        return errors.upstream_timeout(started=False)
     if status == 503:
         retry_after = _retry_after(exc.response.headers)
-        return ChatError(
-            503,
-            "upstream_overloaded",
-            "the model service is overloaded; retry later",
-            retryable=True,
-            retry_after=retry_after,
-            headers=retry_after_header(retry_after),
-        )
+        return errors.upstream_overloaded(retry_after, retry_after_header(retry_after))
     if status >= 500:
-        return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)
-    return ChatError(502, "upstream_rejected", "the model service rejected the request", retryable=False)
+        return errors.upstream_error()
+    return errors.upstream_rejected()
 
 
 def to_chat_error(exc: BaseException, *, started: bool = False, request_id: str = "-") -> ChatError:
@@ -147,38 +119,23 @@ def to_chat_error(exc: BaseException, *, started: bool = False, request_id: str 
     False), the code and message what an `error` event says after text went out."""
     if isinstance(exc, ChatError):
         return exc
+    if isinstance(exc, ChainFailure):
+        log.info("chain failure request_id=%s code=%s: %s", request_id, exc.code, exc.message)
+        return errors.chain_failed(exc.code, exc.message, exc.retryable)
     log.warning(
         "upstream failure request_id=%s started=%s: %s: %s", request_id, started, type(exc).__name__, exc
     )
     if isinstance(exc, StreamTruncated):
-        return ChatError(
-            502,
-            "upstream_interrupted",
-            "the model service ended the answer before it was complete",
-            retryable=True,
-        )
+        return errors.upstream_interrupted("the model service ended the answer before it was complete")
     if isinstance(exc, UpstreamProtocolError):
-        return ChatError(
-            502, "upstream_error", "the model service sent something that is not an answer", retryable=True
-        )
+        return errors.upstream_error("the model service sent something that is not an answer")
     if isinstance(exc, openai.APITimeoutError):
-        if started:
-            return ChatError(504, "upstream_timeout", "the model stopped sending mid-answer", retryable=True)
-        return ChatError(504, "upstream_timeout", "the model did not answer in time", retryable=True)
+        return errors.upstream_timeout(started)
     if isinstance(exc, openai.APIConnectionError):
-        if started:
-            return ChatError(
-                502,
-                "upstream_interrupted",
-                "the connection to the model service broke mid-answer",
-                retryable=True,
-            )
-        return ChatError(
-            502, "upstream_unavailable", "the model service could not be reached", retryable=True
-        )
+        return errors.upstream_interrupted() if started else errors.upstream_unavailable()
     if isinstance(exc, openai.APIStatusError):
         return _status_error(exc)
     if isinstance(exc, openai.APIError):  # an error object inside the stream
-        return ChatError(502, "upstream_error", "the model service failed; retry later", retryable=True)
+        return errors.upstream_error()
     log.error("unexpected failure while streaming request_id=%s", request_id, exc_info=exc)
-    return ChatError(500, "internal_error", "the server failed to produce an answer", retryable=True)
+    return errors.internal_error()

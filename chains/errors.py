@@ -1,0 +1,17 @@
+"""How a chain says it cannot produce an answer, without knowing about HTTP or the wire.
+
+The streaming core turns a `ChainFailure` into an `error` event (or a 502 before the first event)
+carrying the chain's own code and message, so a chain of yours can fail in words the caller reads.
+"""
+
+from __future__ import annotations
+
+
+class ChainFailure(Exception):
+    """The chain gave up; `message` is shown to the caller, so it must not carry secrets."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
