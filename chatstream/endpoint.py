@@ -19,8 +19,8 @@ from chatstream import encoding, errors
 from chatstream.cors import CorsPolicy
 from chatstream.errors import ChatError
 from chatstream.events import Event
-from chatstream.fanout import MultiRun
 from chatstream.response import EventStreamResponse
+from chatstream.run import Run
 from chatstream.runner import ChainRun, collect
 from chatstream.schema import ChatRequest
 from chatstream.service import ChatService
@@ -86,12 +86,6 @@ def stream_format(request: Request) -> encoding.WireFormat:
     return wire
 
 
-def deadline_error(seconds: float) -> ChatError:
-    return ChatError(
-        504, "deadline_exceeded", f"the answer took longer than the {seconds:g} s limit", retryable=True
-    )
-
-
 class ClientGone(Exception):
     """The caller disconnected before there was anything to answer."""
 
@@ -132,8 +126,7 @@ async def _unless_client_leaves(
                 await _cancel(task)
                 raise deadline
             await _cancel(task)
-            _mark_cancelled(run)
-            run.log_outcome()
+            run.cancelled()
             raise ClientGone
         return task.result()
     except asyncio.CancelledError:
@@ -141,12 +134,6 @@ async def _unless_client_leaves(
         raise
     finally:
         gone.cancel()
-
-
-def _mark_cancelled(run: ChainRun | MultiRun) -> None:
-    """For a run cancelled before its generator ever ran (a MultiRun marks its own runs)."""
-    if isinstance(run, ChainRun) and run.outcome == "running":
-        run.outcome = "cancelled"
 
 
 class ChatEndpoint:
@@ -168,13 +155,16 @@ class ChatEndpoint:
             if not chat_request.stream:
                 assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
                 settings = self.service.settings
-                answer = await _unless_client_leaves(
-                    request,
-                    run,
-                    collect(run),
-                    deadline_at=asyncio.get_running_loop().time() + settings.deadline_seconds,
-                    deadline=deadline_error(settings.deadline_seconds),
-                )
+                try:
+                    answer = await _unless_client_leaves(
+                        request,
+                        run,
+                        collect(run),
+                        deadline_at=asyncio.get_running_loop().time() + settings.deadline_seconds,
+                        deadline=errors.deadline_exceeded(settings.deadline_seconds),
+                    )
+                finally:
+                    run.log_outcome()
                 headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
                 return JSONResponse(answer, headers=headers)
             return await self._stream(request, run, wire, cors)
@@ -198,7 +188,7 @@ class ChatEndpoint:
         return JSONResponse(self.service.catalog(), headers={"Cache-Control": "no-cache"})
 
     async def _stream(
-        self, request: Request, run: ChainRun | MultiRun, wire: encoding.WireFormat, cors: dict[str, str]
+        self, request: Request, run: Run, wire: encoding.WireFormat, cors: dict[str, str]
     ) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
@@ -206,25 +196,26 @@ class ChatEndpoint:
         loop = asyncio.get_running_loop()
         deadline_at = loop.time() + settings.deadline_seconds
         stream = run.events()
-        first: Event | asyncio.Task[Event] = asyncio.ensure_future(anext(stream))
+        waiting: asyncio.Task[Event] = asyncio.ensure_future(anext(stream))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait(
-                {first, gone}, timeout=settings.first_event_wait_seconds, return_when="FIRST_COMPLETED"
+                {waiting, gone}, timeout=settings.first_event_wait_seconds, return_when="FIRST_COMPLETED"
             )
-            if gone.done() and not first.done():
+            if gone.done() and not waiting.done():
                 raise ClientGone
         except (asyncio.CancelledError, ClientGone):
-            await _cancel(first)
+            await _cancel(waiting)
             await stream.aclose()
-            _mark_cancelled(run)
+            run.cancelled()  # perhaps before its generator ever ran
             run.log_outcome()
             raise
         finally:
             gone.cancel()
-        if first.done():
+        first: Event | asyncio.Task[Event] = waiting
+        if waiting.done():
             try:
-                first = first.result()
+                first = waiting.result()
             except ChatError:
                 run.log_outcome()
                 raise
@@ -235,6 +226,6 @@ class ChatEndpoint:
             wire,
             heartbeat_seconds=settings.heartbeat_seconds,
             deadline_at=deadline_at,
-            deadline_error=deadline_error(settings.deadline_seconds),
+            deadline_error=errors.deadline_exceeded(settings.deadline_seconds),
             headers={**STREAM_HEADERS, "X-Request-Id": run.request_id, **cors},
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ def done_event(request_id: str, runs: list[ChainRun]) -> Event:
 
 @dataclass
 class MultiRun:
-    """Looks like a `ChainRun` to the endpoint and the response (events, fail, log_outcome)."""
+    """Several deployments' `ChainRun`s as one `run.Run`."""
 
     runs: list[ChainRun]
     request_id: str
@@ -80,7 +80,7 @@ class MultiRun:
             await stream.aclose()  # on cancellation: closes the chain, and so the upstream request
         await queue.put((index, _FINISHED))
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._tasks = [asyncio.create_task(self._pump(i, queue)) for i in range(len(self.runs))]
         early = self.early
@@ -145,8 +145,12 @@ class MultiRun:
                 self.delivered.add(index)
         return [*head, *closing, done_event(self.request_id, self.runs)]
 
-    def log_outcome(self) -> None:
+    def cancelled(self) -> None:
         for run in self.runs:
-            if run.outcome == "running":
-                run.outcome = "cancelled"
+            run.cancelled()
+
+    def log_outcome(self) -> None:
+        """Each deployment's own line; one still running here was left by the caller."""
+        for run in self.runs:
+            run.cancelled()
             run.log_outcome()

@@ -24,8 +24,7 @@ from starlette.types import Receive, Scope, Send
 from chatstream.encoding import WireFormat
 from chatstream.errors import ChatError
 from chatstream.events import Event
-from chatstream.fanout import MultiRun
-from chatstream.runner import ChainRun
+from chatstream.run import Run
 
 log = logging.getLogger("chatstream.response")
 
@@ -57,7 +56,7 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        run: ChainRun | MultiRun,
+        run: Run,
         first: Event | asyncio.Task[Event],
         rest: AsyncIterator[Event],
         wire: WireFormat,
@@ -205,8 +204,7 @@ class EventStreamResponse(Response):
                 # Cancelled (the client left): close the chain in a task of its own, which the
                 # cancellation of this one cannot interrupt halfway.
                 self._close_in_background(events)
-                if isinstance(self.run, ChainRun) and self.run.outcome == "running":
-                    self.run.outcome = "cancelled"  # its generator was paused at a `yield`
+                self.run.cancelled()  # its generator was paused at a `yield`
             self.run.log_outcome()
 
     def _close_in_background(self, events: AsyncIterator[Event]) -> asyncio.Task[None]:

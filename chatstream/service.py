@@ -12,6 +12,8 @@ from chatstream import errors, telemetry
 from chatstream.diagnostics import live_runs
 from chatstream.fanout import MultiRun
 from chatstream.models import ConfigurationError, ModelTarget, build_model
+from chatstream.outcome import RunRecord
+from chatstream.retry import RetryPolicy
 from chatstream.runner import ChainRun
 from chatstream.schema import ChatRequest, Limits, Message
 from chatstream.settings import Settings
@@ -45,6 +47,8 @@ class ChatService:
         self.targets: dict[str, ModelTarget] = {target.deployment: target} if target else {}
         self.registry = registry or default_registry()
         self.config_error = config_error
+        #: Retries before the first chunk only, and only while they fit in the first-event wait.
+        self.retry = RetryPolicy(settings.upstream_max_retries, settings.first_event_wait_seconds)
         self.limits = Limits(
             max_messages=settings.max_messages,
             max_content_chars=settings.max_content_chars,
@@ -189,20 +193,18 @@ class ChatService:
                 "chat.stream": request.stream,
             },
         )
+        record = RunRecord(request_id, chain_name, target.deployment, span=span)
+        if self.settings.log_content:
+            record.question, record.answer = conversation[-1].content, []
         run = ChainRun(
-            span=span,
             chain=chain,
             inputs=inputs,
-            request_id=request_id,
-            chain_name=chain_name,
-            deployment=target.deployment,
+            record=record,
             config={
                 "run_name": f"chat:{chain_name}",
                 "metadata": {"request_id": request_id, "deployment": target.deployment},
             },
-            max_retries=self.settings.upstream_max_retries,
-            retry_window=self.settings.first_event_wait_seconds,
-            log_content=self.settings.log_content,
+            retry=self.retry,
         )
         live_runs.add(run)
         return run

@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from chatstream.runner import ChainRun
+    from chatstream.outcome import RunRecord
 
 log = logging.getLogger("chatstream.telemetry")
 
@@ -59,10 +59,12 @@ def start_span(name: str, attributes: dict[str, Any]) -> Any:
     return _tracer.start_span(name, attributes=attributes)
 
 
-def finish(span: Any, run: ChainRun, ttft: float | None, elapsed: float) -> None:
-    """Record what the request did on its span and end it."""
+def finish(run: RunRecord, elapsed: float) -> None:
+    """Record what the run did on its span and end it."""
+    span = run.span
     if span is None:
         return
+    ttft = run.ttft
     attributes: dict[str, Any] = {
         "gen_ai.request.model": run.deployment,
         "chat.outcome": run.outcome,

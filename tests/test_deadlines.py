@@ -22,8 +22,7 @@ import httpx
 import pytest
 
 from aoai_simulator import SimulatorConfig, SimulatorHandle, start_in_thread
-from chatstream import encoding, response
-from chatstream.endpoint import deadline_error
+from chatstream import encoding, errors, response
 from chatstream.errors import ChatError
 from chatstream.events import Event
 from chatstream.response import EventStreamResponse
@@ -292,11 +291,16 @@ def test_ndjson_heartbeats_never_interleave_with_events_on_the_wire(heartbeat_ap
 
 @dataclass
 class FakeRun:
-    """What the response needs of a run: fail, log_outcome, request_id."""
+    """What the response needs of a run (`chatstream.run.Run`)."""
 
     request_id: str = "r1"
     outcome: str = "running"
+    started: bool = True
     logged: list[str] = field(default_factory=list)
+
+    def cancelled(self) -> None:
+        if self.outcome == "running":
+            self.outcome = "cancelled"
 
     def fail(self, error: ChatError) -> list[Event]:
         self.outcome = f"error:{error.code}"
@@ -332,7 +336,7 @@ def _response(run: FakeRun, source: Source, *, heartbeat: float, deadline_in: fl
         encoding.SSE,
         heartbeat_seconds=heartbeat,
         deadline_at=loop.time() + deadline_in,
-        deadline_error=deadline_error(deadline_in),
+        deadline_error=errors.deadline_exceeded(deadline_in),
         headers={},
     )
 
@@ -435,5 +439,5 @@ def test_a_client_disconnect_ends_the_response_quietly_and_closes_the_chain():
         return run, source, writes
 
     run, source, writes = asyncio.run(main())
-    assert source.closed and run.logged == ["running"]
+    assert source.closed and run.logged == ["cancelled"]
     assert writes < 1000

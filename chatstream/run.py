@@ -1,0 +1,34 @@
+"""The one interface the endpoint and the response drive: a single chain run (`runner.ChainRun`) and
+several deployments merged into one stream (`fanout.MultiRun`) both implement it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+from chatstream.errors import ChatError
+from chatstream.events import Event
+
+
+class Run(Protocol):
+    #: Whether the `start` event was produced (after it, failures are events, not statuses).
+    started: bool
+
+    @property
+    def request_id(self) -> str: ...
+
+    def events(self) -> AsyncGenerator[Event, None]:
+        """The run's events; a failure before the first one is raised as `ChatError`."""
+        ...
+
+    def fail(self, error: ChatError) -> list[Event]:
+        """The events that close a stream the run can no longer finish (late failure, deadline)."""
+        ...
+
+    def cancelled(self) -> None:
+        """The caller left, or the run was stopped, before it finished."""
+        ...
+
+    def log_outcome(self) -> None:
+        """Report what the run did (once; later calls do nothing)."""
+        ...
