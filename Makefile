@@ -39,11 +39,13 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The benchmark (minutes; not part of `make test`): writes bench/results/results.{md,json} + concurrency.svg.
 bench: $(STAMP)

@@ -27,7 +27,7 @@ def _prompt(system_prompt: str) -> ChatPromptTemplate:
 
 
 def build_chat_chain(context: ChainContext) -> Runnable:
-    return LeanSequence(_prompt(context.system_prompt), context.model)
+    return LeanSequence(_prompt(context.system_prompt), context.model)  # type: ignore[call-arg]
 
 
 CHAT = ChainSpec(

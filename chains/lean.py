@@ -56,6 +56,6 @@ class LeanSequence(RunnableSequence):
         child: RunnableConfig = {k: v for k, v in config.items() if k not in ("run_name", "run_id")}  # type: ignore
         value = input
         for step in head:
-            value = await _format(step, value, child)
+            value = await _format(step, value, child)  # type: ignore[arg-type]
         async for chunk in last.astream(value, child):
             yield chunk

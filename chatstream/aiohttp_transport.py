@@ -267,17 +267,17 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                     log.info("upstream closed a pooled connection as it was reused (%r); sending again", exc)
         # aiohttp decodes any content-encoding itself, so httpx2 must not try again. A redirect's
         # Location is dropped: nothing above may follow it.
-        headers = [(k, v) for k, v in response.raw_headers if k.lower() != b"content-encoding"]
+        raw_headers = [(k, v) for k, v in response.raw_headers if k.lower() != b"content-encoding"]
         if 300 <= response.status < 400:
             log.warning(
                 "upstream answered %d with Location %r; redirects are not followed",
                 response.status,
                 response.headers.get("Location"),
             )
-            headers = [(k, v) for k, v in headers if k.lower() != b"location"]
+            raw_headers = [(k, v) for k, v in raw_headers if k.lower() != b"location"]
         return httpx2.Response(
             status_code=response.status,
-            headers=headers,
+            headers=raw_headers,
             stream=_Body(response),
             request=request,
             extensions={"http_version": b"HTTP/1.1", AIOHTTP_RESPONSE: response},

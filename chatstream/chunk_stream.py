@@ -334,7 +334,7 @@ class DictChunkStream:
         coalesce = self.coalesce
         raw = response.extensions.get(AIOHTTP_RESPONSE)
         try:
-            failure = _not_sse(response)
+            failure: openai.APIError | None = _not_sse(response)
             if failure is not None:
                 raise failure
             # Our aiohttp transport: read its body directly, past the httpx2 wrapper layers.

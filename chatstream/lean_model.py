@@ -55,10 +55,10 @@ class LeanStreamingMixin:
 
     def _install_dict_client(self) -> None:
         """Swap the SDK's completions resource for one that yields plain dict chunks."""
-        client: Any = self.async_client  # type: ignore[attr-defined]
+        client: Any = getattr(self, "async_client", None)
         if client is not None and not isinstance(client, DictChunkCompletions):
             coalesce = bool(getattr(self, "coalesce_deltas", True))
-            self.async_client = DictChunkCompletions(client, coalesce)  # type: ignore[attr-defined]
+            self.async_client = DictChunkCompletions(client, coalesce)
 
     def _nobody_listens(self, config: RunnableConfig) -> bool:
         model: Any = self
