@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
@@ -30,17 +29,6 @@ class WireFormat:
 
     def encode(self, event: Event) -> bytes:
         return self.prefix + _dumps(event) + self.suffix
-
-    async def encode_stream(self, events: AsyncIterator[Event | None]) -> AsyncIterator[bytes]:
-        """`None` in the event stream means 'nothing to say yet': a heartbeat where the format has one."""
-        async for event in events:
-            if event is None:
-                if self.heartbeat is not None:
-                    yield self.heartbeat
-                continue
-            yield self.prefix + _dumps(event) + self.suffix
-        if self.trailer:
-            yield self.trailer
 
 
 SSE = WireFormat("text/event-stream", b"data: ", b"\n\n", SSE_DONE, SSE_HEARTBEAT)

@@ -1,13 +1,13 @@
 """The event vocabulary: every event is a JSON object told apart by its `type` field.
 
-See docs/protocol.md. Events are plain dicts (cheap to build on the per-delta path); the
-TypedDicts document their shape for readers and type checkers.
+See docs/protocol.md for every event's fields. Events are plain dicts, cheap to build on the
+per-delta path; the functions below are the only places the runner's own events are built.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from chatstream.errors import ChatError
 
@@ -18,62 +18,6 @@ class Usage(TypedDict):
     total_tokens: int
     #: Hidden reasoning tokens (included in completion_tokens), when the upstream reports them.
     reasoning_tokens: NotRequired[int]
-
-
-class StartEvent(TypedDict):
-    type: Literal["start"]
-    id: str
-    chain: str
-    deployment: str
-    created: int
-
-
-class DeltaEvent(TypedDict):
-    type: Literal["delta"]
-    deployment: str
-    delta_content: str
-
-
-class RefusalEvent(TypedDict):
-    type: Literal["refusal"]
-    deployment: str
-    refusal: str
-
-
-class ErrorEvent(TypedDict):
-    type: Literal["error"]
-    deployment: str
-    code: str
-    message: str
-    retryable: bool
-    retry_after: NotRequired[float]
-
-
-class EndEvent(TypedDict):
-    type: Literal["end"]
-    id: str
-    deployment: str
-    model: str | None
-    finish_reason: str | None
-    usage: Usage | None
-
-
-class ToolCallDeltaEvent(TypedDict):
-    type: Literal["tool_call_delta"]
-    deployment: str
-    index: int
-    id: str | None
-    name: str | None
-    arguments_delta: str
-
-
-class ToolCallEvent(TypedDict):
-    type: Literal["tool_call"]
-    deployment: str
-    index: int
-    id: str | None
-    name: str | None
-    arguments: str
 
 
 Event = dict[str, Any]
