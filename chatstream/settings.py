@@ -1,6 +1,6 @@
 """Every environment variable the app reads, in one place.
 
-The settings contract tests in tests/test_infra.py checks each name here against
+The settings contract tests in tests/test_infra.py check each name here against
 `local.settings.json.example` and the Bicep app settings, so add new ones here first.
 """
 
