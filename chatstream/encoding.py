@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -21,14 +22,20 @@ def _dumps(event: Event) -> bytes:
 
 @dataclass(frozen=True)
 class WireFormat:
+    """A stateless `protocols.StreamEncoder`: every event is one JSON object between a prefix and a suffix."""
+
     media_type: str
     prefix: bytes
     suffix: bytes
     trailer: bytes
     heartbeat: bytes | None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def encode(self, event: Event) -> bytes:
         return self.prefix + _dumps(event) + self.suffix
+
+    def close(self) -> bytes:
+        return self.trailer
 
 
 SSE = WireFormat("text/event-stream", b"data: ", b"\n\n", SSE_DONE, SSE_HEARTBEAT)

@@ -1,6 +1,8 @@
-"""The chat endpoint as a plain Starlette handler: request bytes in, SSE/NDJSON/JSON out.
+"""The chat endpoint as a plain Starlette handler: request bytes in, a streamed (or whole) answer out.
 
-Nothing here is Azure-specific; `function_app.py` only routes to it.
+What the bytes look like on either side is the protocol's (`chatstream.protocols`); what happens in
+between (validation, the run, the first-event wait, disconnects, the deadline) is the same for all.
+Nothing here is Azure-specific; `azure_http.py` only routes to it.
 """
 
 from __future__ import annotations
@@ -11,18 +13,17 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from chatstream import encoding, errors
+from chatstream import errors
 from chatstream.cors import CorsPolicy
 from chatstream.errors import ChatError
 from chatstream.events import Event
+from chatstream.protocols import NATIVE, ChatProtocol, StreamEncoder
 from chatstream.response import EventStreamResponse
 from chatstream.run import Run
 from chatstream.runner import ChainRun, collect
-from chatstream.schema import ChatRequest
 from chatstream.service import ChatService
 
 log = logging.getLogger("chatstream.endpoint")
@@ -40,18 +41,6 @@ def request_id_for(request: Request) -> str:
     return request.headers.get("x-ms-invocation-id") or uuid.uuid4().hex
 
 
-def error_response(
-    error: ChatError, request_id: str, extra_headers: dict[str, str] | None = None
-) -> JSONResponse:
-    headers = {
-        "X-Request-Id": request_id,
-        "Cache-Control": "no-store",
-        **error.headers,
-        **(extra_headers or {}),
-    }
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """Stops reading as soon as the limit is passed, whatever Content-Length claimed."""
     declared = request.headers.get("content-length")
@@ -66,24 +55,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:  # gone mid-body (or cut off by the host's read timeout): nobody to answer
         raise ClientGone from None
     return bytes(body)
-
-
-def parse_request(body: bytes, service: ChatService) -> ChatRequest:
-    """Strict JSON-mode validation: `"stream": "yes"` or `"max_tokens": 5.0` are errors, not guesses."""
-    if not body.strip():
-        raise errors.invalid_json("the body is empty")
-    try:
-        return ChatRequest.model_validate_json(body, strict=True, context={"limits": service.limits})
-    except ValidationError as exc:
-        raise errors.from_validation_error(exc) from None
-
-
-def stream_format(request: Request) -> encoding.WireFormat:
-    """SSE or NDJSON as `Accept` prefers; 406 when it refuses both."""
-    wire = encoding.choose(request.headers.get("accept"))
-    if wire is None:
-        raise errors.not_acceptable()
-    return wire
 
 
 class ClientGone(Exception):
@@ -141,16 +112,20 @@ class ChatEndpoint:
         self.service = service
         self.cors = CorsPolicy(service.settings.cors_origin_list)
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request, *protocols: ChatProtocol) -> Response:
+        """Answer in the first of `protocols` that claims the body (the app's own when none is given)."""
         request_id = request_id_for(request)
         if request.method == "OPTIONS":
             return self.cors.preflight(request, request_id)
         cors = self.cors.headers(request)
+        headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
+        protocol: ChatProtocol = protocols[-1] if protocols else NATIVE
         try:
             body = await read_body(request, self.service.settings.max_body_bytes)
-            chat_request = parse_request(body, self.service)
+            protocol = next((p for p in protocols if p.claims(body)), protocol)
+            chat_request = protocol.parse(body, self.service.limits)
             # Checked before the model is called: a 406 costs nothing upstream.
-            wire = stream_format(request) if chat_request.stream else encoding.SSE
+            encoder = protocol.encoder(request, chat_request) if chat_request.stream else None
             run = self.service.run(chat_request, request_id)
             if not chat_request.stream:
                 assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
@@ -165,9 +140,9 @@ class ChatEndpoint:
                     )
                 finally:
                     run.log_outcome()
-                headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
-                return JSONResponse(answer, headers=headers)
-            return await self._stream(request, run, wire, cors)
+                return protocol.answer_response(answer, chat_request, headers)
+            assert encoder is not None
+            return await self._stream(request, run, encoder, cors)
         except ClientGone:
             return Response(status_code=499, headers={"X-Request-Id": request_id})
         except ChatError as error:
@@ -178,17 +153,17 @@ class ChatEndpoint:
                 error.code,
                 error.param,
             )
-            return error_response(error, request_id, cors)
+            return protocol.error_response(error, headers)
         except Exception:
             log.exception("chat request failed request_id=%s", request_id)
-            return error_response(errors.internal_error(), request_id, cors)
+            return protocol.error_response(errors.internal_error(), headers)
 
     def catalog(self, request: Request) -> Response:
         """The chains and deployments a request may name; `no-cache` so a changed setting shows at once."""
         return JSONResponse(self.service.catalog(), headers={"Cache-Control": "no-cache"})
 
     async def _stream(
-        self, request: Request, run: Run, wire: encoding.WireFormat, cors: dict[str, str]
+        self, request: Request, run: Run, encoder: StreamEncoder, cors: dict[str, str]
     ) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
@@ -223,7 +198,7 @@ class ChatEndpoint:
             run,
             first,
             stream,
-            wire,
+            encoder,
             heartbeat_seconds=settings.heartbeat_seconds,
             deadline_at=deadline_at,
             deadline_error=errors.deadline_exceeded(settings.deadline_seconds),

@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from chatstream.encoding import WireFormat
 from chatstream.errors import ChatError
 from chatstream.events import Event
+from chatstream.protocols import StreamEncoder
 from chatstream.run import Run
 
 log = logging.getLogger("chatstream.response")
@@ -59,7 +59,7 @@ class EventStreamResponse(Response):
         run: Run,
         first: Event | asyncio.Task[Event],
         rest: AsyncIterator[Event],
-        wire: WireFormat,
+        encoder: StreamEncoder,
         *,
         heartbeat_seconds: float,
         deadline_at: float,
@@ -68,13 +68,13 @@ class EventStreamResponse(Response):
     ) -> None:
         # Not Response.__init__: it would add `Content-Length: 0` for the empty `content`.
         self.status_code = 200
-        self.media_type = wire.media_type
+        self.media_type = encoder.media_type
         self.background = None
-        self.init_headers(headers)
+        self.init_headers({**encoder.headers, **headers})
         self.run = run
         self.first = first
         self.rest = rest
-        self.wire = wire
+        self.encoder = encoder
         self.heartbeat_seconds = heartbeat_seconds
         self.deadline_at = deadline_at
         self.deadline_error = deadline_error
@@ -131,7 +131,7 @@ class EventStreamResponse(Response):
 
     async def _heartbeats(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        heartbeat = self.wire.heartbeat
+        heartbeat = self.encoder.heartbeat
         assert heartbeat is not None
         interval = self.heartbeat_seconds
         message = {"type": "http.response.body", "body": heartbeat, "more_body": True}
@@ -152,10 +152,10 @@ class EventStreamResponse(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self._last_write = loop.time()
         beat = None
-        if self.wire.heartbeat is not None and self.heartbeat_seconds > 0:
+        if self.encoder.heartbeat is not None and self.heartbeat_seconds > 0:
             beat = asyncio.create_task(self._heartbeats(send))
         events = self._events()
-        encode = self.wire.encode
+        encode = self.encoder.encode
         closer: asyncio.Task[None] | None = None
         try:
             closing: list[Event] = []
@@ -163,7 +163,9 @@ class EventStreamResponse(Response):
                 deadline_at = self.deadline_at
                 async with asyncio.timeout_at(deadline_at):
                     async for event in events:
-                        await self._write(send, encode(event))
+                        body = encode(event)
+                        if body:  # a protocol may have nothing to say for an event
+                            await self._write(send, body)
                         # asyncio.timeout cancels once; a layer below that absorbs the cancellation
                         # (langchain awaits a task per chunk) would let the stream run on. The clock
                         # was read by _write anyway, so these checks are free.
@@ -180,9 +182,7 @@ class EventStreamResponse(Response):
                 await _stop(beat)
             closer = self._close_in_background(events)
             await asyncio.shield(closer)
-            tail = [encode(event) for event in closing]
-            if self.wire.trailer:
-                tail.append(self.wire.trailer)
+            tail = [body for body in (*map(encode, closing), self.encoder.close()) if body]
             try:
                 async with asyncio.timeout(CLOSING_WRITES_SECONDS):
                     for body in tail:

@@ -1,0 +1,8 @@
+"""The wire protocols a caller may speak. Each maps the same request model and event stream
+(`chatstream.events`) to its own request bodies, stream encoding, heartbeats and error shapes; the
+endpoint, the runs and the response are shared. See docs/protocol.md for each one's mapping."""
+
+from chatstream.protocols.base import ChatProtocol, StreamEncoder
+from chatstream.protocols.native import NATIVE, NativeProtocol
+
+__all__ = ["NATIVE", "ChatProtocol", "NativeProtocol", "StreamEncoder"]
