@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check-python venv browser bench bench-smoke clean
+.PHONY: run test lint check-python venv browser clients bench bench-smoke clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; ok = (3, 11) <= v <= (3, 13); \
@@ -37,7 +37,15 @@ browser:
 	    || echo "could not install chromium: the browser tests will skip (or fail under CI=true)"; \
 	fi
 
-test: $(STAMP) browser
+# The JavaScript client libraries the tests drive (tests/clients), installed from the committed lockfile.
+CLIENTS_STAMP := tests/clients/node_modules/.installed
+$(CLIENTS_STAMP): tests/clients/package.json tests/clients/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/clients && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	  else echo "npm not found: the client library tests will skip (or fail under CI=true)"; fi
+
+clients: $(CLIENTS_STAMP)
+
+test: $(STAMP) browser clients
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q
