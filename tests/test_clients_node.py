@@ -65,4 +65,5 @@ def test_client_library(spec: Path, client_app: SubprocessServer) -> None:
         text=True,
         timeout=180,
     )
-    assert result.returncode == 0, f"{spec.name} failed:\n{result.stdout}\n{result.stderr}\n{client_app.output[-3000:]}"
+    report = f"{result.stdout}\n{result.stderr}\napp log tail:\n{client_app.output[-3000:]}"
+    assert result.returncode == 0, f"{spec.name} failed:\n{report}"
