@@ -201,7 +201,8 @@ def deployed_env(upstream: str, closed_port: int) -> dict[str, str]:
     """The app settings infra/app/api.bicep deploys, on loopback: no API key (DefaultAzureCredential ->
     App Service managed identity, its token endpoint served by the bench upstream) and Application
     Insights export (keyless) to an ingestion endpoint on a closed loopback port. Statsbeat (the
-    exporter's own usage reports to a fixed Microsoft endpoint) is off so nothing leaves the machine;
+    exporter's usage reports) and its control plane (OneSettings, fetched from a fixed Microsoft host)
+    are off, so nothing leaves the machine (checked with strace: loopback connects only);
     FUNCTIONS_WORKER_RUNTIME / WEBSITE_SITE_NAME are what Azure sets, and they make the resource
     detectors skip the VM metadata probe, as they do in Azure."""
     env = _env(upstream)
@@ -216,6 +217,7 @@ def deployed_env(upstream: str, closed_port: int) -> dict[str, str]:
         ),
         APPLICATIONINSIGHTS_AUTHENTICATION_STRING=f"ClientId={BENCH_CLIENT_ID};Authorization=AAD",
         APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
+        APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true",
         FUNCTIONS_WORKER_RUNTIME="python",
         WEBSITE_SITE_NAME="bench-app",
         PYTHON_ENABLE_INIT_INDEXING="1",
@@ -448,6 +450,7 @@ class Bench:
         r.max_streams_is_lower_bound = bool(r.levels) and r.levels[-1].passed
 
     async def _level(self, app: Child, port: int, c: cs.Contender, n: int, idle: int) -> Level:
+        """Every spread, even after one failed: the table shows how each arrival pattern fared."""
         runs: list[Run] = []
         for spread in self.sizes.spreads:
             run = await self._run(app, port, c, n, spread, idle)
@@ -459,8 +462,6 @@ class Bench:
                 f"load core {run.load_core_util:.0%}, rss {run.peak_rss_mb:.0f} MB"
                 + ("" if run.passed else f"  FAILED: {', '.join(run.failed)}")
             )
-            if not run.passed:
-                break  # the level has failed; a longer spread would only cost time
         return Level(streams=n, runs=runs, trials=1, passed=all(r.passed for r in runs))
 
     async def _quiet(self, app: Child) -> float:
