@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"contenders run on the loops after the first (default: all of --only; with --smoke: "
         f"{SMOKE_SECONDARY})",
     )
+    parser.add_argument(
+        "--levels",
+        default=None,
+        help="comma-separated concurrency levels to climb (default: 25,50,100,...,800; a subset is quicker)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="default bench/results[/smoke]")
     args = parser.parse_args(argv)
     only = args.only or (SMOKE_KEYS if args.smoke else ",".join(contenders.ALL))
@@ -52,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--loops takes a comma-separated subset of {','.join(LOOPS)}")
     out = args.out or contenders.REPO / "bench" / "results" / ("smoke" if args.smoke else "")
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
-    data = Bench(SMOKE if args.smoke else Sizes(), out, keys, loops, command, secondary_keys).run()
+    sizes = SMOKE if args.smoke else Sizes()
+    if args.levels:
+        try:
+            levels = tuple(sorted(int(x) for x in args.levels.split(",") if x.strip()))
+        except ValueError:
+            parser.error("--levels takes comma-separated stream counts")
+        sizes = dataclasses.replace(sizes, levels=levels)
+    data = Bench(sizes, out, keys, loops, command, secondary_keys).run()
     paths = report.write(data, out)
     print(paths["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values()))
