@@ -192,15 +192,15 @@ def markdown(data: dict[str, Any]) -> str:
         f"level runs with arrivals spread over {spreads} (streams of "
         + " and ".join(str(t) for t in sz["paced_tokens"])
         + f" tokens at {rate} tok/s) and passes only if both pass; levels rise until one fails.",
-        f"- **Memory per open stream**: (peak RSS - idle RSS) / {sz['memory_level']} during the "
-        f"{sz['memory_level']}-stream level, {sz['spreads'][0]:g} s arrivals, for every contender"
-        + _memory_note(data["contenders"])
-        + ".",
+        f"- **Memory per open stream**: (peak RSS - idle RSS) / {sz['memory_level']} during a batch of "
+        f"{sz['memory_level']} paced streams ({sz['spreads'][0]:g} s arrivals) run right after warm-up, "
+        "before any larger batch, for every contender" + _memory_note(data["contenders"]) + ".",
         "- **Cold start**: process start to the first delta of its first answer (the client polls until "
         f"the port answers), median of {sz['cold_trials']}, on {loops[0]}. **Deployed configuration**: the "
         "product with the app settings infra deploys, on loopback: no API key (DefaultAzureCredential "
         "takes the App Service managed-identity path, its token endpoint served by the bench upstream) and "
-        "Application Insights export configured (keyless, to a closed loopback port; statsbeat off).",
+        "Application Insights export configured (keyless, to a closed loopback port; statsbeat and the "
+        "exporter's control-plane fetch off, so nothing leaves the machine).",
         f"- Upstream's own TTFT (simulator, zero delay): p50 {_fmt(data['upstream_ttft_ms_p50'], 2)} ms, "
         f"p99 {_fmt(data['upstream_ttft_ms_p99'], 2)} ms (subtracted for TTFT overhead).",
     ]
@@ -224,7 +224,7 @@ def _paced_note(c: dict[str, Any]) -> str:
 
 def _memory_note(cs: list[dict[str, Any]]) -> str:
     failed = sorted({f"{c['key']} ({c['loop']})" for c in cs if c.get("memory_level_passed") is False})
-    return "; that level failed the rule for " + ", ".join(failed) if failed else ""
+    return "; that batch failed the concurrency rule for " + ", ".join(failed) if failed else ""
 
 
 def svg(data: dict[str, Any], limit_ms: float = 100.0) -> str:

@@ -42,7 +42,8 @@ class Sizes:
     cold_trials: int = 3
     #: Wall-clock measurements disturbed by other processes are taken again, at most this many times.
     trials: int = 3
-    #: Memory per stream is read at this level for every contender (below naive's ceiling).
+    #: Memory per stream is read at this many streams for every contender (below naive's ceiling), in a
+    #: batch of its own right after warm-up, before larger batches have grown the heap.
     memory_level: int = 25
     gap_limit_ms: float = 100.0
     ttft_limit_s: float = 1.0
@@ -378,11 +379,18 @@ class Bench:
                 raise RuntimeError(f"warm-up request failed: {res.error} {res.head[:200]!r}")
         await stream_once(self.target(c, port, f"[bench:long:{max(100, s.long_tokens // 10)}] warm up"), 120)
 
-        # a. CPU per upstream token at a realistic pace (the headline), then on a zero-delay upstream.
+        # Memory first, before any larger batch has grown the heap: the same level for every contender.
         await asyncio.sleep(s.settle_s)
         idle = rss_bytes(app.pid)
         r.idle_rss_mb = idle / 2**20
         spread = s.spreads[0]
+        memory = await self._run(app, port, c, s.memory_level, spread, idle)
+        r.memory_level = s.memory_level
+        r.memory_level_passed = memory.passed
+        r.memory_kb_per_stream = max(0.0, (memory.peak_rss_mb * 2**20 - idle) / s.memory_level / 1024)
+        self.log(f"   memory at {s.memory_level} streams {r.memory_kb_per_stream:.0f} KB per stream")
+
+        # a. CPU per upstream token at a realistic pace (the headline), then on a zero-delay upstream.
         r.paced = await self._run(app, port, c, s.paced_streams, spread, idle)
         r.cpu_us_per_token_paced = r.paced.app_cpu_s / (s.paced_streams * r.paced.tokens) * 1e6
         self.log(
@@ -439,11 +447,6 @@ class Bench:
                 level = await self._level(app, port, c, n, idle)
                 level.trials = trials + 1
             r.levels.append(level)
-            if n == s.memory_level:
-                first = level.runs[0]
-                r.memory_level = n
-                r.memory_level_passed = first.passed
-                r.memory_kb_per_stream = max(0.0, (first.peak_rss_mb * 2**20 - idle) / n / 1024)
             if not level.passed:
                 break
             r.max_streams = n

@@ -144,7 +144,7 @@ def test_table_generator_renders_every_case(smoke: Path) -> None:
     assert headline["app CPU per upstream token at 50 tok/s (3 streams) (µs)"][3] == "—"
     assert "✗ ttft, together" in table and "(2 trials)" in table
     assert "langserve on asyncio failures: RuntimeError: broke" in table
-    assert "that level failed the rule for naive (asyncio)" in table
+    assert "that batch failed the concurrency rule for naive (asyncio)" in table
     assert "Accept-queue depth not recorded" in table
     assert report.svg(data).count("<polyline") == 10
 
