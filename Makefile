@@ -55,11 +55,12 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# The benchmark (minutes; not part of `make test`): writes bench/results/results.{md,json} + concurrency.svg.
+# The benchmark (about half an hour; not part of `make test`): every contender on plain asyncio (the
+# headline, as in Azure), then on uvloop; writes bench/results/results.{md,json} + concurrency.svg.
 bench: $(STAMP)
 	$(PY) -m bench
 
-# Tiny sizes, seconds: proves the benchmark still runs (tests/test_bench_smoke.py runs it under `make test`).
+# Tiny sizes, about 10 s: proves the benchmark still runs (tests/test_bench_smoke.py runs it in `make test`).
 bench-smoke: $(STAMP)
 	$(PY) -m bench --smoke
 

@@ -1,4 +1,4 @@
-"""The four contenders: how to start each, what to POST, and which bytes mark one forwarded delta."""
+"""The contenders: how to start each on a given event loop, what to POST, which bytes mark one delta."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ API_KEY = "bench-key"
 class Contender:
     key: str
     label: str
-    argv: Callable[[int], list[str]]
+    #: (port, loop) -> argv after `python`; loop is "asyncio" or "uvloop".
+    argv: Callable[[int, str], list[str]]
     path: str
     body: Callable[[str], bytes]
     marker: bytes
@@ -24,6 +25,8 @@ class Contender:
     error_marker: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    #: Whether it can also start in the deployed configuration (keyless credential, App Insights export).
+    deployable: bool = False
 
 
 def _json(value: object) -> bytes:
@@ -33,7 +36,7 @@ def _json(value: object) -> bytes:
 PRODUCT = Contender(
     key="product",
     label="product (funchost + chatstream)",
-    argv=lambda port: [
+    argv=lambda port, loop: [
         "-m",
         "funchost",
         "--app-dir",
@@ -45,11 +48,14 @@ PRODUCT = Contender(
         "--no-local-settings",
         "--log-level",
         "warning",
+        "--loop",
+        loop,
     ],
     path="/api/chat",
     body=lambda q: _json({"messages": [{"role": "user", "content": q}]}),
     marker=b'"type":"delta"',
     error_marker=b'"type":"error"',
+    deployable=True,
 )
 
 #: The product forwarding one delta per upstream token: what CPU per token costs without coalescing.
@@ -67,7 +73,7 @@ PRODUCT_UNCOALESCED = Contender(
 NAIVE = Contender(
     key="naive",
     label="naive (astream -> json.dumps -> SSE)",
-    argv=lambda port: ["-m", "bench.apps.naive", str(port)],
+    argv=lambda port, loop: ["-m", "bench.apps.naive", str(port), loop],
     path="/chat",
     body=lambda q: _json({"question": q}),
     marker=b'"type": "delta"',
@@ -76,7 +82,7 @@ NAIVE = Contender(
 LANGSERVE = Contender(
     key="langserve",
     label="LangServe /stream",
-    argv=lambda port: ["-m", "bench.apps.langserve_app", str(port)],
+    argv=lambda port, loop: ["-m", "bench.apps.langserve_app", str(port), loop],
     path="/chat/stream",
     body=lambda q: _json({"input": {"question": q}}),
     marker=b"event: data",
@@ -87,7 +93,7 @@ LANGSERVE = Contender(
 RAW = Contender(
     key="raw",
     label="raw pass-through proxy (floor)",
-    argv=lambda port: ["-m", "bench.apps.raw_proxy", str(port)],
+    argv=lambda port, loop: ["-m", "bench.apps.raw_proxy", str(port), loop],
     path="/chat",
     body=lambda q: _json(
         {

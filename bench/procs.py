@@ -39,6 +39,11 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def maps_file(pid: int, fragment: str) -> bool:
+    """Whether the process has a file whose path contains `fragment` mapped (e.g. uvloop's extension)."""
+    return fragment in Path(f"/proc/{pid}/maps").read_text()
+
+
 def cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 

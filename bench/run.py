@@ -1,4 +1,4 @@
-"""The benchmark run: upstream + each contender as separate processes on loopback, four measurements each.
+"""The benchmark run: upstream + each contender as separate processes on loopback, on each event loop.
 
 Layout on a machine with two or more cores: the contender under test is pinned alone to the first core
 (so "per core" means one core), the simulated upstream and this load generator share the second.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -18,37 +19,61 @@ from typing import Any
 
 from bench import contenders as cs
 from bench.loadgen import StreamResult, Target, many, stream_once
-from bench.procs import Child, cores, cpu_seconds, free_port, machine_busy_seconds, rss_bytes
+from bench.procs import Child, cores, cpu_seconds, free_port, machine_busy_seconds, maps_file, rss_bytes
+from bench.upstream import TOKEN_PATH
 
 #: Other processes' CPU (cores) during a failed level above which the level is measured again.
 FOREIGN_LIMIT = 0.1
-MAX_TRIALS = 3
+LOOPS = ("asyncio", "uvloop")
 
 
 @dataclass(frozen=True)
 class Sizes:
     long_tokens: int = 20_000
     ttft_requests: int = 200
+    #: The headline CPU figure: this many streams at the paced rate, started over the first spread.
+    paced_streams: int = 40
     levels: tuple[int, ...] = (25, 50, 100, 150, 200, 250, 300, 400, 500, 600, 800)
-    paced_tokens: int = 300
     paced_delay_ms: float = 20.0
-    spread_s: float = 2.0
+    #: Arrival spreads every level is run with; a level passes only if it passes with each.
+    spreads: tuple[float, ...] = (2.0, 6.0)
+    #: Each stream lasts its spread plus this, so every stream could be open together this long.
+    overlap_s: float = 4.0
     cold_trials: int = 3
-    memory_level: int = 100
+    #: Wall-clock measurements disturbed by other processes are taken again, at most this many times.
+    trials: int = 3
+    #: Memory per stream is read at this many streams for every contender (below naive's ceiling), in a
+    #: batch of its own right after warm-up, before larger batches have grown the heap.
+    memory_level: int = 25
     gap_limit_ms: float = 100.0
+    ttft_limit_s: float = 1.0
+    #: Share of a level's streams that must be streaming at the same moment.
+    together_share: float = 0.95
+    #: How far the slowest streams (p99 of first-to-last-delta time) may fall behind the upstream's pace.
+    pace_tolerance: float = 0.05
     #: How long to wait, at most, for other processes to leave the machine quiet before a measurement.
     quiet_wait_s: float = 20.0
+    #: Pause between measurements, so the previous one's connections are gone.
+    settle_s: float = 0.5
+    #: How often the contender's accept queue is read (`ss -ltn`).
+    queue_sample_s: float = 0.2
+
+    def paced_tokens(self, spread: float) -> int:
+        return max(2, round((spread + self.overlap_s) * 1000 / self.paced_delay_ms))
 
 
 SMOKE = Sizes(
     long_tokens=300,
     ttft_requests=5,
+    paced_streams=3,
     levels=(4,),
-    paced_tokens=10,
-    spread_s=0.1,
+    spreads=(0.05, 0.1),
+    overlap_s=0.1,
     cold_trials=1,
+    trials=1,
     memory_level=4,
     quiet_wait_s=0.0,
+    settle_s=0.0,
 )
 
 
@@ -78,22 +103,45 @@ class Layout:
 
 
 @dataclass
-class Level:
+class Run:
+    """One batch of paced streams: `streams` of them, started evenly over `spread_s`."""
+
     streams: int
+    spread_s: float
+    tokens: int
     ok: int
     errors: list[str]
     p50_gap_ms: float | None
     p99_gap_ms: float | None
     max_gap_ms: float | None
+    #: Request sent -> first delta, per stream (includes any wait in the accept queue).
+    ttft_p50_s: float | None
+    ttft_p99_s: float | None
+    #: Most streams between their first and last delta at one moment, as a share of `streams`.
+    together: float
+    #: p99 over streams of first-to-last-delta time, divided by the upstream's own (tokens - 1) x delay.
+    pace: float | None
+    #: Largest Recv-Q of the contender's listening socket seen (connections not yet accepted).
+    accept_queue_max: int | None
     app_cpu_util: float
+    app_cpu_s: float
     load_core_util: float
     #: CPU (in cores) used meanwhile by processes that are not part of the benchmark.
     foreign_cpu: float
-    trials: int
     peak_rss_mb: float
-    #: Median time from a stream's first to its last delta; the upstream's own pace would take
-    #: (tokens - 1) x delay. Well above that means the upstream or the client could not keep the pace.
-    stream_s_p50: float | None
+    deltas: int
+    failed: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+
+@dataclass
+class Level:
+    streams: int
+    runs: list[Run]
+    trials: int
     passed: bool
 
 
@@ -101,8 +149,14 @@ class Level:
 class ContenderResult:
     key: str
     label: str
+    loop: str
+    #: Whether uvloop's extension was mapped in the contender once it answered (checks `loop`).
+    uvloop_loaded: bool | None = None
+    cpu_us_per_token_paced: float | None = None
+    paced: Run | None = None
+    cpu_us_per_token: float | None = None
     cpu_us_per_delta: float | None = None
-    deltas_per_s: float | None = None
+    tokens_per_s: float | None = None
     long_deltas_seen: int = 0
     ttft_ms_p50: float | None = None
     ttft_ms_p99: float | None = None
@@ -115,13 +169,21 @@ class ContenderResult:
     max_streams_is_lower_bound: bool = False
     memory_kb_per_stream: float | None = None
     memory_level: int | None = None
+    memory_level_passed: bool | None = None
     cold_start_s: float | None = None
     cold_start_trials: list[float] = field(default_factory=list)
+    cold_start_deployed_s: float | None = None
+    cold_start_deployed_trials: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
 def _env(upstream: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_", "CHAT_"))}
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AZURE_", "OPENAI_", "CHAT_", "APPLICATIONINSIGHTS_", "IDENTITY_", "MSI_"))
+        and k not in ("FUNCHOST_LOOP", "FUNCTIONS_WORKER_RUNTIME", "WEBSITE_SITE_NAME")
+    }
     keep.update(
         AZURE_OPENAI_ENDPOINT=upstream,
         AZURE_OPENAI_API_KEY=cs.API_KEY,
@@ -132,16 +194,62 @@ def _env(upstream: str) -> dict[str, str]:
     return keep
 
 
+#: A user-assigned identity's client id, as infra/app/api.bicep sets it (any GUID will do here).
+BENCH_CLIENT_ID = "00000000-0000-0000-0000-0000000000b1"
+
+
+def deployed_env(upstream: str, closed_port: int) -> dict[str, str]:
+    """The app settings infra/app/api.bicep deploys, on loopback: no API key (DefaultAzureCredential ->
+    App Service managed identity, its token endpoint served by the bench upstream) and Application
+    Insights export (keyless) to an ingestion endpoint on a closed loopback port. Statsbeat (the
+    exporter's usage reports) and its control plane (OneSettings, fetched from a fixed Microsoft host)
+    are off, so nothing leaves the machine (checked with strace: loopback connects only);
+    FUNCTIONS_WORKER_RUNTIME / WEBSITE_SITE_NAME are what Azure sets, and they make the resource
+    detectors skip the VM metadata probe, as they do in Azure."""
+    env = _env(upstream)
+    del env["AZURE_OPENAI_API_KEY"]
+    env.update(
+        AZURE_CLIENT_ID=BENCH_CLIENT_ID,
+        IDENTITY_ENDPOINT=f"{upstream}{TOKEN_PATH}",
+        IDENTITY_HEADER="bench",
+        APPLICATIONINSIGHTS_CONNECTION_STRING=(
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            f"IngestionEndpoint=http://127.0.0.1:{closed_port}/"
+        ),
+        APPLICATIONINSIGHTS_AUTHENTICATION_STRING=f"ClientId={BENCH_CLIENT_ID};Authorization=AAD",
+        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
+        APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true",
+        FUNCTIONS_WORKER_RUNTIME="python",
+        WEBSITE_SITE_NAME="bench-app",
+        PYTHON_ENABLE_INIT_INDEXING="1",
+    )
+    return env
+
+
 class Bench:
-    def __init__(self, sizes: Sizes, out: Path, keys: list[str], log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        sizes: Sizes,
+        out: Path,
+        keys: list[str],
+        loops: tuple[str, ...] = LOOPS,
+        command: str = "python -m bench",
+        secondary_keys: list[str] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.sizes = sizes
         self.out = out
         self.keys = keys
+        self.loops = loops
+        #: The contenders run on the loops after the first (default: all of them).
+        self.secondary_keys = keys if secondary_keys is None else secondary_keys
+        self.command = command
         self.log = log
         self.layout = Layout.detect()
         self.upstream: Child | None = None
         self.upstream_port = 0
         self.upstream_ttft: list[float] = []
+        self.ss = shutil.which("ss")
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -150,10 +258,15 @@ class Bench:
             "127.0.0.1", port, c.path, c.body(question), c.marker, c.end_marker, c.error_marker, c.headers
         )
 
-    def start(self, c: cs.Contender, port: int, suffix: str = "") -> Child:
-        url = f"http://127.0.0.1:{self.upstream_port}"
-        env = {**_env(url), **dict(c.env)}
-        return Child(c.key, c.argv(port), env, self.layout.app_cpus, self.out / f"{c.key}{suffix}.log")
+    def upstream_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    def start(
+        self, c: cs.Contender, port: int, loop: str, suffix: str = "", env: dict[str, str] | None = None
+    ) -> Child:
+        env = {**(env or _env(self.upstream_url())), **dict(c.env)}
+        name = f"{c.key}.{loop}{suffix}"
+        return Child(name, c.argv(port, loop), env, self.layout.app_cpus, self.out / f"{name}.log")
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -175,7 +288,7 @@ class Bench:
                 "--long-tokens",
                 str(s.long_tokens),
                 "--paced-tokens",
-                str(s.paced_tokens),
+                str(s.paced_tokens(s.spreads[0])),
                 "--paced-delay-ms",
                 str(s.paced_delay_ms),
             ],
@@ -188,15 +301,21 @@ class Bench:
         try:
             self.upstream.wait_port(self.upstream_port)
             self.upstream_ttft = asyncio.run(self._upstream_ttft())
-            for key in self.keys:
-                results.append(self.measure(cs.ALL[key]))
+            for loop in self.loops:
+                headline = loop == self.loops[0]
+                for key in self.keys if headline else self.secondary_keys:
+                    # Start-up does not depend on the loop much: cold starts are the headline loop's only.
+                    results.append(self.measure(cs.ALL[key], loop, cold=headline))
         finally:
             self.upstream.stop()
         return {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1),
+            "command": self.command,
             "layout": self.layout.note,
-            "sizes": asdict(self.sizes),
+            "loops": list(self.loops),
+            "sizes": {**asdict(self.sizes), "paced_tokens": [s.paced_tokens(x) for x in s.spreads]},
+            "accept_queue_source": "ss -ltn (Recv-Q of the listening socket)" if self.ss else None,
             "upstream_ttft_ms_p50": pct(self.upstream_ttft, 50),
             "upstream_ttft_ms_p99": pct(self.upstream_ttft, 99),
             "machine": machine(),
@@ -216,21 +335,37 @@ class Bench:
             await stream_once(target, 10)
         return await _ttfts(target, self.sizes.ttft_requests)
 
-    def measure(self, c: cs.Contender) -> ContenderResult:
-        self.log(f"== {c.label}")
-        result = ContenderResult(c.key, c.label)
+    def measure(self, c: cs.Contender, loop: str, cold: bool) -> ContenderResult:
+        self.log(f"== {c.label} on {loop}")
+        result = ContenderResult(c.key, c.label, loop)
         port = free_port()
-        app = self.start(c, port)
+        t0 = time.perf_counter()
+        app = self.start(c, port, loop)
         try:
-            app.wait_port(port)
+            # Its first answer is also the first cold-start trial: a fresh process, polled until it answers.
+            first = asyncio.run(_first_delta(self.target(c, port, "[bench:short] Hello?"), app, 60))
+            if cold:
+                result.cold_start_trials.append(first - t0)
+            result.uvloop_loaded = maps_file(app.pid, "uvloop")
+            if result.uvloop_loaded != (loop == "uvloop"):
+                raise RuntimeError(f"asked for {loop}, but uvloop loaded: {result.uvloop_loaded}")
             asyncio.run(self._measure_running(c, app, port, result))
         except Exception as exc:  # a contender that breaks is reported, the run goes on
             result.failures.append(f"{type(exc).__name__}: {exc}")
             self.log(f"   failed: {exc}")
         finally:
             app.stop()
+        if not cold:
+            return result
         try:
-            self._cold_starts(c, result)
+            result.cold_start_trials += self._cold_starts(c, loop, None, self.sizes.cold_trials - 1)
+            result.cold_start_s = statistics.median(result.cold_start_trials)
+            self.log(f"   cold start {result.cold_start_s:.2f} s")
+            if c.deployable:
+                env = deployed_env(self.upstream_url(), free_port())
+                result.cold_start_deployed_trials = self._cold_starts(c, loop, env, self.sizes.cold_trials)
+                result.cold_start_deployed_s = statistics.median(result.cold_start_deployed_trials)
+                self.log(f"   cold start, deployed configuration {result.cold_start_deployed_s:.2f} s")
         except Exception as exc:
             result.failures.append(f"cold start: {type(exc).__name__}: {exc}")
         return result
@@ -244,7 +379,25 @@ class Bench:
                 raise RuntimeError(f"warm-up request failed: {res.error} {res.head[:200]!r}")
         await stream_once(self.target(c, port, f"[bench:long:{max(100, s.long_tokens // 10)}] warm up"), 120)
 
-        # a. CPU per forwarded delta, one long zero-delay stream.
+        # Memory first, before any larger batch has grown the heap: the same level for every contender.
+        await asyncio.sleep(s.settle_s)
+        idle = rss_bytes(app.pid)
+        r.idle_rss_mb = idle / 2**20
+        spread = s.spreads[0]
+        memory = await self._run(app, port, c, s.memory_level, spread, idle)
+        r.memory_level = s.memory_level
+        r.memory_level_passed = memory.passed
+        r.memory_kb_per_stream = max(0.0, (memory.peak_rss_mb * 2**20 - idle) / s.memory_level / 1024)
+        self.log(f"   memory at {s.memory_level} streams {r.memory_kb_per_stream:.0f} KB per stream")
+
+        # a. CPU per upstream token at a realistic pace (the headline), then on a zero-delay upstream.
+        r.paced = await self._run(app, port, c, s.paced_streams, spread, idle)
+        r.cpu_us_per_token_paced = r.paced.app_cpu_s / (s.paced_streams * r.paced.tokens) * 1e6
+        self.log(
+            f"   cpu/token at {1000 / s.paced_delay_ms:g} tok/s x {s.paced_streams} streams "
+            f"{r.cpu_us_per_token_paced:.1f} us (app core {r.paced.app_cpu_util:.0%})"
+        )
+
         await self._quiet(app)
         before = cpu_seconds(app.pid)
         long = await stream_once(self.target(c, port, "[bench:long] Tell me everything."), 600)
@@ -252,15 +405,19 @@ class Bench:
         if not long.ok:
             raise RuntimeError(f"long stream failed: {long.error}")
         r.long_deltas_seen = long.deltas
-        r.cpu_us_per_delta = (after - before) / s.long_tokens * 1e6
+        r.cpu_us_per_token = (after - before) / s.long_tokens * 1e6
+        r.cpu_us_per_delta = (after - before) / max(1, long.deltas) * 1e6
         assert long.ended is not None
-        r.deltas_per_s = s.long_tokens / (long.ended - long.started)
-        self.log(f"   cpu/delta {r.cpu_us_per_delta:.1f} us, {r.deltas_per_s:,.0f} deltas/s")
+        r.tokens_per_s = s.long_tokens / (long.ended - long.started)
+        self.log(
+            f"   zero-delay: cpu/token {r.cpu_us_per_token:.1f} us, cpu/delta {r.cpu_us_per_delta:.1f} us "
+            f"({long.deltas} deltas for {s.long_tokens} tokens)"
+        )
 
         # b. Time to first delta, minus the upstream's own.
         # Wall-clock timings: a run disturbed by other processes is measured again (at most 3 trials).
         ttft: list[float] = []
-        for _ in range(MAX_TRIALS):
+        for _ in range(s.trials):
             await self._quiet(app)
             busy0, ours0, wall0 = machine_busy_seconds(), self._our_cpu(app), time.perf_counter()
             ttft = await _ttfts(self.target(c, port, "[bench:short] How are you?"), s.ttft_requests)
@@ -278,39 +435,43 @@ class Bench:
             r.ttft_overhead_ms_p99 = r.ttft_ms_p99 - up99
         self.log(f"   ttft overhead p50 {r.ttft_overhead_ms_p50:.2f} ms p99 {r.ttft_overhead_ms_p99:.2f} ms")
 
-        # c. Concurrent realistic streams, rising until the gap limit breaks.
-        await asyncio.sleep(0.5)
-        idle = rss_bytes(app.pid)
-        r.idle_rss_mb = idle / 2**20
-        paced = self.target(c, port, "[bench:paced] Tell me a story.")
+        # c. Concurrent paced streams, rising until a level breaks the rule with any arrival spread.
+        await asyncio.sleep(s.settle_s)
         for n in s.levels:
-            level = await self._level(app, paced, n, idle)
-            trials = 1
-            while not level.passed and level.foreign_cpu > FOREIGN_LIMIT and trials < MAX_TRIALS:
+            level = await self._level(app, port, c, n, idle)
+            while not level.passed and level.runs[-1].foreign_cpu > FOREIGN_LIMIT and level.trials < s.trials:
                 # Other work on the machine took CPU meanwhile: measure again rather than report it.
-                self.log(f"   {n:4d} streams: retry, {level.foreign_cpu:.2f} cores used by other processes")
+                self.log(f"   {n:4d} streams: retry, {level.runs[-1].foreign_cpu:.2f} cores used elsewhere")
                 await asyncio.sleep(1.0)
-                level = await self._level(app, paced, n, idle)
-                trials += 1
-            level.trials = trials
+                trials = level.trials
+                level = await self._level(app, port, c, n, idle)
+                level.trials = trials + 1
             r.levels.append(level)
-            self.log(
-                f"   {n:4d} streams: ok {level.ok}, p99 gap {level.p99_gap_ms} ms, app cpu "
-                f"{level.app_cpu_util:.0%}, load core {level.load_core_util:.0%}, "
-                f"rss {level.peak_rss_mb:.0f} MB"
-            )
-            if n <= s.memory_level:
-                r.memory_level = n
-                r.memory_kb_per_stream = max(0.0, (level.peak_rss_mb * 2**20 - idle) / n / 1024)
             if not level.passed:
                 break
             r.max_streams = n
-            await asyncio.sleep(0.5)
         r.max_streams_is_lower_bound = bool(r.levels) and r.levels[-1].passed
+
+    async def _level(self, app: Child, port: int, c: cs.Contender, n: int, idle: int) -> Level:
+        """Every spread, even after one failed: the table shows how each arrival pattern fared."""
+        runs: list[Run] = []
+        for spread in self.sizes.spreads:
+            run = await self._run(app, port, c, n, spread, idle)
+            runs.append(run)
+            self.log(
+                f"   {n:4d} streams over {spread:g} s: ok {run.ok}, p99 gap {run.p99_gap_ms} ms, "
+                f"ttft p99 {run.ttft_p99_s} s, together {run.together:.0%}, pace {run.pace}, "
+                f"accept queue {run.accept_queue_max}, app cpu {run.app_cpu_util:.0%}, "
+                f"load core {run.load_core_util:.0%}, rss {run.peak_rss_mb:.0f} MB"
+                + ("" if run.passed else f"  FAILED: {', '.join(run.failed)}")
+            )
+        return Level(streams=n, runs=runs, trials=1, passed=all(r.passed for r in runs))
 
     async def _quiet(self, app: Child) -> float:
         """Wait (bounded) until other processes use under FOREIGN_LIMIT cores; returns what they used."""
         assert self.upstream is not None
+        if self.sizes.quiet_wait_s <= 0:
+            return 0.0
         deadline = time.monotonic() + self.sizes.quiet_wait_s
         while True:
             busy0, ours0 = machine_busy_seconds(), self._our_cpu(app)
@@ -323,17 +484,42 @@ class Bench:
         assert self.upstream is not None
         return cpu_seconds(app.pid) + cpu_seconds(self.upstream.pid) + _self_cpu()
 
-    async def _level(self, app: Child, target: Target, n: int, idle: int) -> Level:
+    async def _accept_queue(self, port: int) -> int | None:
+        """Recv-Q of the listening socket on `port`: connections the kernel holds, not yet accepted."""
+        if self.ss is None:
+            return None
+        proc = await asyncio.create_subprocess_exec(
+            self.ss,
+            "-ltnH",
+            f"sport = :{port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        depths = [int(line.split()[1]) for line in out.decode().splitlines() if line.startswith("LISTEN")]
+        return max(depths) if depths else None
+
+    async def _run(self, app: Child, port: int, c: cs.Contender, n: int, spread: float, idle: int) -> Run:
         s = self.sizes
+        await asyncio.sleep(s.settle_s)
         await self._quiet(app)
+        tokens = s.paced_tokens(spread)
+        target = self.target(c, port, f"[bench:paced:{tokens}] Tell me a story.")
         peak = idle
+        queue: int | None = None
         done = asyncio.Event()
 
         async def sample() -> None:
-            nonlocal peak
+            nonlocal peak, queue
             while not done.is_set():
                 peak = max(peak, rss_bytes(app.pid))
-                await asyncio.sleep(0.1)
+                depth = await self._accept_queue(port)
+                if depth is not None:
+                    queue = max(queue or 0, depth)
+                try:
+                    await asyncio.wait_for(done.wait(), s.queue_sample_s)
+                except TimeoutError:
+                    pass
 
         assert self.upstream is not None
         busy0 = machine_busy_seconds()
@@ -344,13 +530,13 @@ class Bench:
             _self_cpu(),
         )
         sampler = asyncio.create_task(sample())
-        budget = s.spread_s + s.paced_tokens * s.paced_delay_ms / 1000 * 3 + 30
-        results: list[StreamResult] = await many(target, n, s.spread_s, budget)
+        budget = spread + tokens * s.paced_delay_ms / 1000 * 3 + 30
+        results: list[StreamResult] = await many(target, n, spread, budget)
         done.set()
         await sampler
         wall = time.perf_counter() - wall0
-        app_cpu = (cpu_seconds(app.pid) - app0) / wall
-        ours = cpu_seconds(app.pid) - app0 + cpu_seconds(self.upstream.pid) - up0 + _self_cpu() - me0
+        app_cpu = cpu_seconds(app.pid) - app0
+        ours = app_cpu + cpu_seconds(self.upstream.pid) - up0 + _self_cpu() - me0
         foreign = max(0.0, (machine_busy_seconds() - busy0 - ours) / wall)
         load = (
             (cpu_seconds(self.upstream.pid) - up0 + _self_cpu() - me0)
@@ -359,41 +545,76 @@ class Bench:
         )
         gaps = [g * 1000 for res in results for g in res.gaps]
         errors = [res.error or "no deltas" for res in results if not res.ok]
-        p99 = pct(gaps, 99)
+        ttfts = [res.first_delta - res.started for res in results if res.first_delta is not None]
+        nominal = (tokens - 1) * s.paced_delay_ms / 1000
         spans = [
             res.last_delta - res.first_delta
             for res in results
-            if res.ok and res.last_delta and res.first_delta
+            if res.ok and res.last_delta is not None and res.first_delta is not None
         ]
-        return Level(
+        p99_gap, ttft99, span99 = pct(gaps, 99), pct(ttfts, 99), pct(spans, 99)
+        together = _most_at_once(results) / max(1, n)
+        pace = span99 / nominal if span99 is not None and nominal > 0 else None
+        failed = []
+        if errors:
+            failed.append(f"{len(errors)} incomplete")
+        if p99_gap is None or p99_gap > s.gap_limit_ms:
+            failed.append("gap")
+        if ttft99 is None or ttft99 > s.ttft_limit_s:
+            failed.append("ttft")
+        if together < s.together_share:
+            failed.append("together")
+        if pace is None or pace > 1 + s.pace_tolerance:
+            failed.append("pace")
+        return Run(
             streams=n,
+            spread_s=spread,
+            tokens=tokens,
             ok=n - len(errors),
             errors=sorted(set(errors))[:5],
             p50_gap_ms=_round(pct(gaps, 50)),
-            p99_gap_ms=_round(p99),
+            p99_gap_ms=_round(p99_gap),
             max_gap_ms=_round(max(gaps) if gaps else None),
-            app_cpu_util=app_cpu,
+            ttft_p50_s=_round(pct(ttfts, 50), 3),
+            ttft_p99_s=_round(ttft99, 3),
+            together=together,
+            pace=_round(pace, 3),
+            accept_queue_max=queue,
+            app_cpu_util=app_cpu / wall,
+            app_cpu_s=app_cpu,
             load_core_util=load,
             foreign_cpu=foreign,
-            trials=1,
             peak_rss_mb=peak / 2**20,
-            stream_s_p50=_round(pct(spans, 50)),
-            passed=not errors and p99 is not None and p99 <= s.gap_limit_ms,
+            deltas=sum(res.deltas for res in results),
+            failed=failed,
         )
 
-    def _cold_starts(self, c: cs.Contender, r: ContenderResult) -> None:
-        for trial in range(self.sizes.cold_trials):
+    def _cold_starts(self, c: cs.Contender, loop: str, env: dict[str, str] | None, count: int) -> list[float]:
+        trials = []
+        suffix = ".deployed" if env else ".cold"
+        for trial in range(count):
             port = free_port()
             t0 = time.perf_counter()
-            child = self.start(c, port, f".cold{trial}")
+            child = self.start(c, port, loop, f"{suffix}{trial}", env)
             try:
                 first = asyncio.run(_first_delta(self.target(c, port, "[bench:short] Hello?"), child, 60))
-                r.cold_start_trials.append(first - t0)
+                trials.append(first - t0)
             finally:
                 child.stop()
-        if r.cold_start_trials:
-            r.cold_start_s = statistics.median(r.cold_start_trials)
-            self.log(f"   cold start {r.cold_start_s:.2f} s")
+        return trials
+
+
+def _most_at_once(results: list[StreamResult]) -> int:
+    """Most streams between their first and last delta at the same moment (a sweep over the intervals)."""
+    events: list[tuple[float, int]] = []
+    for res in results:
+        if res.first_delta is not None and res.last_delta is not None:
+            events += [(res.first_delta, 1), (res.last_delta, -1)]
+    most = now = 0
+    for _, step in sorted(events, key=lambda e: (e[0], -e[1])):
+        now += step
+        most = max(most, now)
+    return most
 
 
 async def _ttfts(target: Target, count: int) -> list[float]:
@@ -414,6 +635,8 @@ async def _first_delta(target: Target, child: Child, limit_s: float) -> float:
         res = await stream_once(target, 30)
         if res.ok and res.first_delta is not None:
             return res.first_delta
+        if res.status:  # it answered, wrongly: say so now rather than poll until the deadline
+            raise RuntimeError(f"first answer failed: {res.error} {res.head[:300]!r}; log: {child.tail()}")
         await asyncio.sleep(0.01)
     raise TimeoutError("no first delta")
 
@@ -423,8 +646,8 @@ def _self_cpu() -> float:
     return t.user + t.system
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def machine() -> dict[str, Any]:
@@ -438,4 +661,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }

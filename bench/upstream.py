@@ -3,12 +3,18 @@
 Every contender is a fixed app pointed at one upstream, so the scenario travels in the prompt: a
 question containing `[bench:<profile>]` gets that profile's length and pacing (injected as the
 simulator's own `x-sim-*` headers). Costs one body scan per request, nothing per token.
+
+It also answers `GET /msi/token` the way App Service's managed-identity endpoint does (what
+`IDENTITY_ENDPOINT` points at in Azure), so the product's keyless start can be measured on loopback.
+The simulator accepts any bearer token. It runs on uvloop: it is not a contender and should be cheap.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -23,6 +29,7 @@ ASGI = Callable[
 ]
 
 _PROFILE = re.compile(rb"\[bench:([a-z]+)(?::(\d+))?\]")
+TOKEN_PATH = "/msi/token"
 
 
 def profiles(long_tokens: int, paced_tokens: int, paced_delay_ms: float) -> dict[str, dict[str, str]]:
@@ -44,6 +51,9 @@ class ProfileMiddleware:
         self.table = table
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == TOKEN_PATH:
+            await _token(send)
+            return
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -72,6 +82,21 @@ class ProfileMiddleware:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+async def _token(send: Any) -> None:
+    """An App Service managed-identity token response (api-version 2019-08-01), valid for a day."""
+    body = json.dumps(
+        {
+            "access_token": "bench-token",
+            "expires_on": str(int(time.time()) + 86_400),
+            "resource": "https://cognitiveservices.azure.com",
+            "token_type": "Bearer",
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from funchost.settings import (
 )
 
 log = logging.getLogger("funchost")
+LOOP_ENV = "FUNCHOST_LOOP"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"seconds a request's body may take to arrive after its headers (default: ${BODY_TIMEOUT_ENV}, "
         f"else {DEFAULT_BODY_TIMEOUT:g}; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default=os.environ.get(LOOP_ENV) or "asyncio",
+        help=f"event loop (default: ${LOOP_ENV}, else asyncio, as the Azure Functions Python worker uses)",
     )
     return parser.parse_args(argv)
 
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         header_timeout=header_timeout,
         body_timeout=body_timeout,
     )
+    config.loop = args.loop
     server = ReadyServer(config, on_ready)
     server.run()
     return 0 if server.started else 1

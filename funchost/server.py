@@ -33,7 +33,11 @@ def make_config(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> uvicorn.Config:
     """uvicorn settings for streaming: plain HTTP/1.1, no lifespan needs, short drain, and a deadline
-    on reading each request (funchost/read_timeouts.py)."""
+    on reading each request (funchost/read_timeouts.py).
+
+    The loop is plain asyncio, as in Azure, where the Functions Python worker owns its loop and does not
+    use uvloop (uvicorn's "auto" would pick uvloop whenever it is installed); `python -m funchost
+    --loop uvloop` sets `config.loop` to try uvloop."""
     return HostConfig(
         app,
         host=host,
@@ -47,6 +51,7 @@ def make_config(
         http=ReadTimeoutProtocol,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
+        loop="asyncio",
     )
 
 

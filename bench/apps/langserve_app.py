@@ -1,4 +1,4 @@
-"""LangServe's `/stream` on the same chain. `python -m bench.apps.langserve_app PORT`."""
+"""LangServe's `/stream` on the same chain. `python -m bench.apps.langserve_app PORT [asyncio|uvloop]`."""
 
 from __future__ import annotations
 
@@ -18,4 +18,6 @@ add_routes(app, chain(), path="/chat", enabled_endpoints=["stream"])
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", backlog=4096)
+    # The event loop is the benchmark's choice (argv[2]): plain asyncio as in Azure, or uvloop.
+    loop = sys.argv[2] if len(sys.argv) > 2 else "asyncio"
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", loop=loop)

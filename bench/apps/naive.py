@@ -1,4 +1,7 @@
-"""The naive design: FastAPI, `chain.astream()` -> `json.dumps` -> SSE. `python -m bench.apps.naive PORT`."""
+"""The naive design: FastAPI, `chain.astream()` -> `json.dumps` -> SSE.
+
+`python -m bench.apps.naive PORT [asyncio|uvloop]`.
+"""
 
 from __future__ import annotations
 
@@ -30,4 +33,6 @@ async def chat(request: Request) -> StreamingResponse:
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", backlog=4096)
+    # The event loop is the benchmark's choice (argv[2]): plain asyncio as in Azure, or uvloop.
+    loop = sys.argv[2] if len(sys.argv) > 2 else "asyncio"
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", loop=loop)

@@ -1,6 +1,6 @@
 """The floor: raw ASGI, the upstream's SSE bytes passed through as they arrive (aiohttp client, no parsing).
 
-`python -m bench.apps.raw_proxy PORT`; POST /chat with an OpenAI chat-completions body.
+`python -m bench.apps.raw_proxy PORT [asyncio|uvloop]`; POST /chat with an OpenAI chat-completions body.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ async def app(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[M
 
 
 if __name__ == "__main__":
+    loop = sys.argv[2] if len(sys.argv) > 2 else "asyncio"
     uvicorn.run(
-        app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="off", backlog=4096
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_level="warning",
+        lifespan="off",
+        loop=loop,
     )
