@@ -591,7 +591,10 @@ def test_a_slow_request_within_the_limits_is_served(strict_server):
 def test_a_later_request_on_a_kept_alive_connection_is_timed_from_its_first_byte(strict_server):
     with socket.create_connection(("127.0.0.1", _port(strict_server.url)), timeout=CUT_OFF_WITHIN) as sock:
         sock.sendall(b"GET /api/plain HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        first = b""
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # head and body may come apart
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
         time.sleep(HEADER_TIMEOUT + 0.3)  # idle between requests is keep-alive's business, not ours
         sock.sendall(b"GET /api/plain HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
         received = b""
