@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from aoai_simulator import SimulatorHandle
+from azure_http import create_app
+from chatstream.settings import Settings
 from funchost.testing import SubprocessServer, free_port
-from tests.conftest import REPO_ROOT, app_env, start_app
+from tests.conftest import start_app
 
 #: Nothing about the upstream may reach the caller: its text, address, key or our stack.
 LEAKS = ("Traceback", "127.0.0.1", "test-key-not-secret", "api-key", "openai", "Error code", "aka.ms")
@@ -363,28 +363,22 @@ def test_timeout_after_the_headers_were_committed_is_an_error_event(live_app, fa
 # ---------------------------------------------------------------------------------------------
 
 
-def _auth_level(**env: str) -> dict[str, str]:
-    script = (
-        "import json, function_app\n"
-        "print(json.dumps({f.get_function_name(): str(getattr(f.get_trigger().auth_level, 'value',"
-        " f.get_trigger().auth_level)).lower() for f in function_app.app.get_functions()}))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=app_env(AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9", AZURE_OPENAI_API_KEY="unused", **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _auth_level(**values: object) -> dict[str, str]:
+    """Each function's auth level as the worker indexes it, for an app built from these settings."""
+    settings = Settings(AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9", AZURE_OPENAI_API_KEY="unused", **values)  # type: ignore[arg-type]
+    app = create_app(settings)
+    return {
+        str(f.get_function_name()): str(
+            getattr(f.get_trigger().auth_level, "value", f.get_trigger().auth_level)
+        ).lower()
+        for f in app.get_functions()
+    }
 
 
 def test_chat_needs_a_key_unless_anonymous_is_chosen_explicitly():
     levels = _auth_level()
     assert levels["chat"] == "function" and levels["openapi"] == "anonymous"
-    assert _auth_level(CHAT_ALLOW_ANONYMOUS="true")["chat"] == "anonymous"
+    assert _auth_level(CHAT_ALLOW_ANONYMOUS=True)["chat"] == "anonymous"
     assert "_diag" not in json.dumps(_auth_level()), "diagnostics are off unless enabled"
 
 
