@@ -13,6 +13,7 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from chatstream import diagnostics
 from chatstream.endpoint import ChatEndpoint
 from chatstream.openapi import openapi_document
+from chatstream.protocols.ag_ui import AG_UI
 from chatstream.service import ChatService
 from chatstream.settings import Settings
 from webui import ui_assets
@@ -29,6 +30,12 @@ def create_app(settings: Settings) -> func.FunctionApp:
         """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object).
         OPTIONS answers the CORS preflight from the CHAT_CORS_ORIGINS allow-list."""
         return await chat_endpoint.handle(req)
+
+    @app.route(route="ag-ui", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth)
+    async def ag_ui(req: Request) -> Response:
+        """POST an AG-UI `RunAgentInput`; AG-UI events stream back as SSE (for `HttpAgent`).
+        OPTIONS answers the CORS preflight from the CHAT_CORS_ORIGINS allow-list."""
+        return await chat_endpoint.handle(req, AG_UI)
 
     # The reference chat page. Anonymous: it holds no secrets; its chat calls carry the key themselves.
     @app.route(route="ui", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)

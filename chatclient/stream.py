@@ -95,8 +95,8 @@ async def stream_chat(
     With several `deployments` their events arrive interleaved (tell them apart by `deployment`):
     one `start`, an `end` per deployment, then `done`.
 
-    Unknown event types are yielded too; skip what you do not handle. NDJSON `heartbeat`
-    events are dropped (SSE heartbeats are comments that never surface). Raises
+    Unknown event types are yielded too; skip what you do not handle. Heartbeats never surface
+    (SSE comments; blank NDJSON lines, or the `heartbeat` objects older servers sent). Raises
     ChatHttpError for an HTTP error answer.
     """
     headers, body = _request(messages, key, _options(chain, deployments, max_tokens, temperature), True)

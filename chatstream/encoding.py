@@ -39,8 +39,9 @@ class WireFormat:
 
 
 SSE = WireFormat("text/event-stream", b"data: ", b"\n\n", SSE_DONE, SSE_HEARTBEAT)
-#: NDJSON has no comment syntax, so its keep-alive is an event of its own that readers skip.
-NDJSON = WireFormat("application/x-ndjson", b"", b"\n", b"", b'{"type":"heartbeat"}\n')
+#: NDJSON has no comment syntax; its keep-alive is a blank line, which NDJSON readers skip (a
+#: `{"type":"heartbeat"}` object, as sent before, surprised readers that expect only events).
+NDJSON = WireFormat("application/x-ndjson", b"", b"\n", b"", b"\n")
 
 
 #: More media ranges than any real client sends; the rest of a longer header is ignored.

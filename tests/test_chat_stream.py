@@ -253,9 +253,12 @@ def test_function_registration_route_methods_and_auth_level():
     assert functions["chat"]["route"] == "chat"
     assert functions["chat"]["methods"] == ["OPTIONS", "POST"]
     assert functions["chat"]["auth"] == "function"
+    assert (functions["ag_ui"]["route"], functions["ag_ui"]["methods"]) == ("ag-ui", ["OPTIONS", "POST"])
+    assert functions["ag_ui"]["auth"] == "function", "every route that runs a model needs the key"
     # The chat page and the chain catalog hold no secrets; the page sends the key with each chat call.
+    keyed = {"chat", "ag_ui"}
     assert {
-        f["name"]: (f["route"], f["methods"], f["auth"]) for f in functions.values() if f["name"] != "chat"
+        f["name"]: (f["route"], f["methods"], f["auth"]) for f in functions.values() if f["name"] not in keyed
     } == {
         "chains": ("chains", ["GET"], "anonymous"),
         "ui": ("ui", ["GET"], "anonymous"),

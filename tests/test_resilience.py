@@ -322,7 +322,8 @@ def test_heartbeats_keep_a_slow_first_token_alive(live_app, fault_simulator):
     assert deltas(events)
 
 
-def test_ndjson_heartbeats_are_heartbeat_lines(live_app, fault_simulator):
+def test_ndjson_heartbeats_are_blank_lines(live_app, fault_simulator):
+    """NDJSON readers skip blank lines; a `{"type":"heartbeat"}` object would surprise them."""
     with httpx.stream(
         "POST",
         f"{live_app.url}/api/chat",
@@ -330,10 +331,14 @@ def test_ndjson_heartbeats_are_heartbeat_lines(live_app, fault_simulator):
         headers={"Accept": "application/x-ndjson"},
         timeout=30,
     ) as response:
-        lines = [json.loads(line) for line in response.iter_lines() if line]
-    types = [e["type"] for e in lines]
-    assert types.count("heartbeat") >= 2
-    assert next(t for t in types if t != "heartbeat") == "start" and types[-1] == "end"
+        text = response.read().decode()
+    lines = text.split("\n")
+    assert lines.pop() == "", "the body ends with a newline"
+    assert lines.count("") >= 2, "blank keep-alive lines must flow while the model thinks"
+    events = [json.loads(line) for line in lines if line]
+    types = [e["type"] for e in events]
+    assert "heartbeat" not in types
+    assert types[0] == "start" and types[-1] == "end"
 
 
 def test_deadline_ends_a_long_stream_with_a_timeout_error_event(live_app, fault_simulator):
