@@ -72,6 +72,11 @@ def from_validation_error(exc: ValidationError) -> ChatError:
     return ChatError(400, _code_for(first), message, param=param)
 
 
+def invalid_request(param: str, problem: str) -> ChatError:
+    """A field a protocol's own request translation refuses (`param` as the caller's body names it)."""
+    return ChatError(400, "invalid_request", f"{param}: {problem}", param=param)
+
+
 def invalid_json(detail: str) -> ChatError:
     return ChatError(400, "invalid_json", f"the request body is not valid JSON: {detail}")
 

@@ -10,6 +10,7 @@ the AG-UI schema (the client strips and warns about any other), extra detail goe
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Mapping
@@ -85,12 +86,10 @@ def _text(content: Any, param: str) -> str:
                 or part.get("type") != "text"
                 or not isinstance(part.get("text"), str)
             ):
-                raise ChatError(
-                    400, "invalid_request", f"{param}: only text content is supported", param=param
-                )
+                raise errors.invalid_request(param, "only text content is supported")
             texts.append(part["text"])
         return "".join(texts)
-    raise ChatError(400, "invalid_request", f"{param}: must be a string or a list of text parts", param=param)
+    raise errors.invalid_request(param, "must be a string or a list of text parts")
 
 
 def _conversation(run: RunAgentInput) -> tuple[list[dict[str, str]], list[int | None]]:
@@ -119,12 +118,7 @@ def _conversation(run: RunAgentInput) -> tuple[list[dict[str, str]], list[int | 
         elif message.role in ("tool", "activity", "reasoning"):
             continue
         else:
-            raise ChatError(
-                400,
-                "invalid_request",
-                f"messages[{index}].role: {message.role!r} is not an AG-UI role",
-                param=f"messages[{index}].role",
-            )
+            raise errors.invalid_request(f"messages[{index}].role", f"{message.role!r} is not an AG-UI role")
         origins.append(index)
     return messages, origins
 
@@ -133,7 +127,7 @@ def _options(forwarded: Any) -> dict[str, Any]:
     if forwarded is None:
         return {}
     if not isinstance(forwarded, dict):
-        raise ChatError(400, "invalid_request", "forwardedProps: must be an object", param="forwardedProps")
+        raise errors.invalid_request("forwardedProps", "must be an object")
     options = {key: forwarded[key] for key in FORWARDED_OPTIONS if key in forwarded}
     if "deployment" in forwarded:
         options["deployments"] = [forwarded["deployment"]]
@@ -147,9 +141,7 @@ def _with_param(error: ChatError, param: str | None) -> ChatError:
     message = error.message
     if message.startswith(error.param):
         message = f"{param}{message[len(error.param) :]}"
-    return ChatError(
-        error.status, error.code, message, param, error.retryable, error.retry_after, error.headers
-    )
+    return dataclasses.replace(error, message=message, param=param)
 
 
 def _message_param(param: str | None, origins: list[int | None]) -> str | None:
