@@ -6,6 +6,7 @@ socket is listening, so the banner never advertises a URL that does not answer y
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import uvicorn
 from starlette.types import ASGIApp
 
+from funchost import worker
 from funchost.read_timeouts import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -59,6 +61,8 @@ class ReadyServer(uvicorn.Server):
         self.bound: tuple[str, int] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before the first connection: every request task is then one the worker's log handler can read.
+        worker.install(asyncio.get_running_loop())
         await super().startup(sockets=sockets)
         if self.should_exit or not self.servers:
             return
