@@ -18,7 +18,9 @@ import httpx
 from funchost.testing import SubprocessServer
 
 TIMEOUT = httpx.Timeout(30.0)
-LINE = re.compile(r"^\[[^\]]*\] \[(?P<attributed>[^\]]+)\] (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$")
+LINE = re.compile(
+    r"^\[[^\]]*\] \[(?P<attributed>[^\]]+)\] (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$"
+)
 #: Long enough that the first stream is still going when the last one starts (60 x 25 ms = 1.5 s).
 PACED = "tokens=60;token-delay=25"
 
