@@ -43,6 +43,9 @@ def make_config(
         log_level=log_level,
         lifespan="off",
         access_log=False,
+        # We are the proxy: a caller's own X-Forwarded-* must not become the client address or scheme
+        # (uvicorn trusts them from 127.0.0.1 by default); the host layer sets them (asgi.py).
+        proxy_headers=False,
         # Let open streams finish briefly on Ctrl+C instead of hanging forever.
         timeout_graceful_shutdown=5,
         log_config=None,
