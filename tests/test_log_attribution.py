@@ -9,13 +9,22 @@ the attribution from the process output exactly as the host would receive it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
 import re
 import time
 
 import httpx
+from starlette.applications import Starlette
+from starlette.routing import Route
 
-from funchost.testing import SubprocessServer
+from chatstream import logcontext
+from funchost import worker
+from funchost.testing import SubprocessServer, serve_in_thread
+from tests.conftest import FAULT_APP_ENV, start_app
+from tests.test_telemetry import Ingestion
 
 TIMEOUT = httpx.Timeout(30.0)
 LINE = re.compile(
@@ -78,3 +87,101 @@ def test_concurrent_streams_each_log_with_their_own_invocation_id(fault_app):
             assert any(m["level"] == "WARNING" for m in mine), "the mid-stream failure was not logged"
         wrong = [m.group(0) for m in mine if m["attributed"] != request_id]
         assert not wrong, f"{name}'s lines attributed to another invocation:\n" + "\n".join(wrong)
+
+
+# --- the binding itself, in-process -----------------------------------------------------------------
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(logcontext.RequestFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def _request(name: str, log: logging.Logger) -> None:
+    with logcontext.bind(name):
+        for step in range(3):
+            # A task created inside the binding inherits it; the other request runs in between.
+            await asyncio.create_task(asyncio.sleep(0))
+            log.info("%s step %d (worker sees %s)", name, step, worker.current_invocation_id())
+
+
+def test_each_task_logs_with_its_own_binding_and_the_worker_task_id_follows_it():
+    log = logging.getLogger("chatstream.test_binding")
+    handler = Records()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    worker.invocation_id_local.invocation_id = "last-started"
+
+    async def main() -> None:
+        worker.install(asyncio.get_running_loop())
+        await asyncio.gather(
+            asyncio.create_task(_request("one", log)), asyncio.create_task(_request("two", log))
+        )
+        log.info("after both")
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.removeHandler(handler)
+        worker.invocation_id_local.invocation_id = None
+    mine = [(r.getMessage().split()[0], getattr(r, "request_id", None)) for r in handler.records]
+    assert mine == [(name, name) for name in ("one", "two") * 3] + [("after", None)]
+    assert all(f"worker sees {r.getMessage().split()[0]}" in r.getMessage() for r in handler.records[:-1])
+
+
+def test_binding_is_harmless_on_plain_asyncio_tasks():
+    async def main() -> str | None:
+        with logcontext.bind("plain"):  # a plain Task takes no attributes: nothing is set, nothing raised
+            return logcontext.current_request_id()
+
+    assert asyncio.run(main()) == "plain"
+
+
+# --- Application Insights: the request's records carry its id and its operation ---------------------
+
+
+def test_exported_records_carry_the_request_id_and_the_runs_operation(fault_simulator):
+    ingestion = Ingestion()
+    server = serve_in_thread(Starlette(routes=[Route("/{path:path}", ingestion.track, methods=["POST"])]))
+    app = start_app(
+        AZURE_OPENAI_ENDPOINT=fault_simulator.url,
+        **FAULT_APP_ENV,
+        APPLICATIONINSIGHTS_CONNECTION_STRING=(
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            f"IngestionEndpoint={server.url}/;LiveEndpoint={server.url}/"
+        ),
+        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
+        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otel",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        OTEL_BLRP_SCHEDULE_DELAY="200",
+        OTEL_TRACES_SAMPLER="always_on",
+    )
+    try:
+        # A 503 first: the retry's warning is written in the function body, the outcome while streaming.
+        body = {"user": "trace me [sim:503;times=1;tokens=20]"}
+        response = httpx.post(f"{app.url}/api/chat", json=body, timeout=30)
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            ingestion.spans("chat chat") and len(ingestion.logs(request_id)) >= 3
+        ):
+            time.sleep(0.2)
+        spans = [e for e in ingestion.envelopes if e["data"]["baseData"].get("name") == "chat chat"]
+        assert len(spans) == 1, json.dumps(ingestion.envelopes)[:3000]
+        operation = spans[0]["tags"]["ai.operation.id"]
+        logs = ingestion.logs(request_id)
+        messages = [e["data"]["baseData"]["message"] for e in logs]
+        assert any("retry" in m for m in messages) and any("chat completed" in m for m in messages), messages
+        for envelope in logs:
+            data = envelope["data"]["baseData"]
+            assert data["properties"].get("request_id") == request_id, data
+            assert envelope["tags"].get("ai.operation.id") == operation, (data["message"], envelope["tags"])
+    finally:
+        app.stop()
+        server.stop()
