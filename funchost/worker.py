@@ -54,7 +54,7 @@ def _task_factory(
 
 def install(loop: asyncio.AbstractEventLoop) -> None:
     """Every task created on `loop` from now on is a `ContextEnabledTask` (the worker does this at start)."""
-    loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
+    loop.set_task_factory(_task_factory)
 
 
 def current_invocation_id() -> str | None:
