@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from chatstream import errors
+from chatstream import errors, logcontext
 from chatstream.cors import CorsPolicy
 from chatstream.errors import ChatError
 from chatstream.events import Event
@@ -114,7 +114,14 @@ class ChatEndpoint:
 
     async def handle(self, request: Request, *protocols: ChatProtocol) -> Response:
         """Answer in the first of `protocols` that claims the body (the app's own when none is given)."""
-        request_id = request_id_for(request)
+        # Bound in the task the function body runs in; the streamed body binds again in its own.
+        with logcontext.bind(request_id_for(request)) as bound:
+            return await self._handle(request, bound, *protocols)
+
+    async def _handle(
+        self, request: Request, bound: logcontext.RequestLog, *protocols: ChatProtocol
+    ) -> Response:
+        request_id = bound.request_id
         if request.method == "OPTIONS":
             return self.cors.preflight(request, request_id)
         cors = self.cors.headers(request)
@@ -127,6 +134,7 @@ class ChatEndpoint:
             # Checked before the model is called: a 406 costs nothing upstream.
             encoder = protocol.encoder(request, chat_request) if chat_request.stream else None
             run = self.service.run(chat_request, request_id)
+            bound.use_span(run.span)  # the body's records (retries, failures) join the run's operation
             if not chat_request.stream:
                 assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
                 settings = self.service.settings

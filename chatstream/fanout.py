@@ -55,6 +55,11 @@ class MultiRun:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
+    def span(self) -> Any:
+        """None: each deployment's run has a span of its own (its outcome line uses it)."""
+        return None
+
+    @property
     def deployments(self) -> list[str]:
         return [run.deployment for run in self.runs]
 

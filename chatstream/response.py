@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from chatstream import logcontext
 from chatstream.errors import ChatError
 from chatstream.events import Event
 from chatstream.protocols import StreamEncoder
@@ -87,6 +88,12 @@ class EventStreamResponse(Response):
         self._finished = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The body is sent from another task than the one the endpoint ran in (the Functions worker's
+        # server task): the request is bound here again, before any task of ours is created.
+        with logcontext.bind(self.run.request_id, self.run.span):
+            await self._send_all(receive, send)
+
+    async def _send_all(self, receive: Receive, send: Send) -> None:
         global _active
         task = asyncio.current_task()
         assert task is not None

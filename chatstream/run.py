@@ -4,7 +4,7 @@ several deployments merged into one stream (`fanout.MultiRun`) both implement it
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Protocol
+from typing import Any, Protocol
 
 from chatstream.errors import ChatError
 from chatstream.events import Event
@@ -16,6 +16,12 @@ class Run(Protocol):
 
     @property
     def request_id(self) -> str: ...
+
+    @property
+    def span(self) -> Any:
+        """The telemetry span log records written for the run belong to (None: export off, or one
+        span per deployment)."""
+        ...
 
     def events(self) -> AsyncGenerator[Event, None]:
         """The run's events; a failure before the first one is raised as `ChatError`."""

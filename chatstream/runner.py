@@ -50,6 +50,10 @@ class ChainRun:
         return self.record.request_id
 
     @property
+    def span(self) -> Any:
+        return self.record.span
+
+    @property
     def deployment(self) -> str:
         return self.record.deployment
 

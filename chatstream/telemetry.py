@@ -42,6 +42,11 @@ def configure(client_id: str | None = None) -> bool:
 
             options["credential"] = ManagedIdentityCredential(client_id=client_id)
         configure_azure_monitor(**options)
+        # Each exported record names its request as a field (customDimensions.request_id).
+        from chatstream.logcontext import RequestFilter
+
+        for handler in logging.getLogger("chatstream").handlers:
+            handler.addFilter(RequestFilter())
         # The exporter's own HTTP calls would otherwise be logged (and exported) at INFO.
         logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
         _tracer = trace.get_tracer("chatstream")

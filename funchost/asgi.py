@@ -5,11 +5,16 @@ with an `x-ms-invocation-id` header to the worker's FastAPI app, whose single ca
 route syncs the route values into the request and awaits the function's result.  We keep
 the same two layers in one process so user code sees the same Request and its Response
 (including streams) goes out untouched.
+
+As in Azure, the function runs in an invocation task of its own while the response is sent by
+the server's request task, and the host's "Executed ... Duration" line comes only once the whole
+response has been sent: a body that fails part-way makes the invocation Failed.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,11 @@ import azure.functions as func
 from azurefunctions.extensions.base import RequestTrackerMeta
 from azurefunctions.extensions.http.fastapi import WebApp
 from fastapi import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from funchost.invoke import invoke
+from funchost.invoke import Invocation, invoke
 from funchost.registry import HttpFunction, http_functions
+from funchost.worker import start_invocation
 
 log = logging.getLogger("funchost")
 
@@ -60,21 +66,54 @@ class FunctionHost:
             home = scope["method"] in ("GET", "HEAD") and scope["path"] in ("", "/")
             await _plain_response(send, 200 if home else 404, _HOMEPAGE if home else b"")
             return
-        invocation_id = str(uuid.uuid4())
+        invocation = Invocation(found[0], found[1], str(uuid.uuid4()))
         scope = dict(scope)
-        scope["headers"] = _forwarded_headers(scope, invocation_id)
-        scope[_SCOPE_KEY] = (found[0], found[1], invocation_id)
-        await self._worker_app(scope, receive, send)
+        scope["headers"] = _forwarded_headers(scope, invocation.invocation_id)
+        scope[_SCOPE_KEY] = invocation
+        host_line = {"host_invocation_id": invocation.invocation_id}
+        log.info(
+            "Executing 'Functions.%s' (Reason='HTTP request', Id=%s)",
+            invocation.function.name,
+            invocation.invocation_id,
+            extra=host_line,
+        )
+        completed = False
+
+        async def sending(message: Message) -> None:
+            nonlocal completed
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
+
+        try:
+            await self._worker_app(scope, receive, sending)
+        except BaseException:
+            invocation.failed = True  # e.g. a generator that raised mid-stream: the client gets a cut body
+            raise
+        finally:
+            # A response that never ended (the client left, or the body failed) is not a success.
+            outcome = "Succeeded" if completed and not invocation.failed else "Failed"
+            log.info(
+                "Executed 'Functions.%s' (%s, Id=%s, Duration=%.0fms)",
+                invocation.function.name,
+                outcome,
+                invocation.invocation_id,
+                (time.perf_counter() - invocation.started) * 1000,
+                extra=host_line,
+            )
 
     async def _catch_all(self, request: Request) -> Any:
-        function, values, invocation_id = request.scope[_SCOPE_KEY]
+        invocation: Invocation = request.scope[_SCOPE_KEY]
         # Same call the worker makes: route values arrive as strings, replacing `path`.
-        RequestTrackerMeta.get_synchronizer().sync_route_params(request, dict(values))
-        return await invoke(function, request, invocation_id, self._function_directory)
+        RequestTrackerMeta.get_synchronizer().sync_route_params(request, dict(invocation.route_values))
+        return await start_invocation(
+            invoke(invocation, request, self._function_directory), invocation.invocation_id
+        )
 
 
 def _forwarded_headers(scope: Scope, invocation_id: str) -> list[tuple[bytes, bytes]]:
-    """Headers as YARP forwards them: invocation id plus X-Forwarded-* (Host kept)."""
+    """Headers as YARP forwards them: invocation id plus X-Forwarded-* (Host kept). The proxy sets
+    these itself: what the client sent under those names is dropped, not passed through."""
     headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _REPLACED]
     host = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
     client = scope.get("client") or ("", 0)

@@ -28,6 +28,7 @@ from funchost.settings import (
     resolve_port,
     route_prefix,
 )
+from funchost.worker import LOG_FORMAT, WorkerLogFormatter
 
 log = logging.getLogger("funchost")
 LOOP_ENV = "FUNCHOST_LOOP"
@@ -99,9 +100,10 @@ def _init_indexing_warning() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
-    )
+    # Each line shows the invocation id the real worker would send it to the host with.
+    console = logging.StreamHandler()
+    console.setFormatter(WorkerLogFormatter(LOG_FORMAT))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[console])
     app_dir = args.app_dir.resolve()
     try:
         local = LocalSettings() if args.no_local_settings else load_local_settings(app_dir)

@@ -1,8 +1,9 @@
 """The Python worker's half of an invocation: call the user function, hand back its result.
 
-The invocation ends when the function *returns*; a StreamingResponse's generator then
-runs in the server's request task, exactly as with the real worker, so we never touch
-the body here.
+The worker's part ends when the function *returns*: it runs in a task of its own
+(`worker.start_invocation`), and a StreamingResponse's generator then runs in the server's
+request task, exactly as with the real worker, so we never touch the body here. The host's
+"Executed" line waits for the whole response (`asgi.FunctionHost`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import azure.functions as func
@@ -21,8 +22,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from funchost.registry import HttpFunction
+from funchost.worker import invocation_id_local
 
 log = logging.getLogger("funchost")
+
+
+@dataclass(eq=False)
+class Invocation:
+    """One request's invocation, from the host's "Executing" line to its "Executed" line."""
+
+    function: HttpFunction
+    route_values: dict[str, str]
+    invocation_id: str
+    started: float = field(default_factory=time.perf_counter)
+    failed: bool = False
 
 
 class InvocationContext(func.Context):
@@ -32,8 +45,6 @@ class InvocationContext(func.Context):
         self._invocation_id = invocation_id
         self._function_name = function_name
         self._function_directory = function_directory
-        self._tls = threading.local()
-        self._tls.invocation_id = invocation_id
 
     @property
     def invocation_id(self) -> str:
@@ -41,7 +52,8 @@ class InvocationContext(func.Context):
 
     @property
     def thread_local_storage(self) -> Any:
-        return self._tls
+        """The worker's one process-wide thread-local, shared by every invocation (not per context)."""
+        return invocation_id_local
 
     @property
     def function_name(self) -> str:
@@ -65,25 +77,36 @@ def internal_error() -> PlainTextResponse:
     return PlainTextResponse("Internal Server Error", status_code=500)
 
 
-async def invoke(
-    function: HttpFunction, request: Request, invocation_id: str, function_directory: str
-) -> Any:
-    """Run one invocation; returns whatever FastAPI should send (Response or plain value)."""
+def _run_sync(invocation_id: str, fn: Any, kwargs: dict[str, Any]) -> Any:
+    """The worker's `_run_sync_func`: the pool thread carries the id while the function runs."""
+    invocation_id_local.invocation_id = invocation_id
+    try:
+        return fn(**kwargs)
+    finally:
+        invocation_id_local.invocation_id = None
+
+
+async def invoke(invocation: Invocation, request: Request, function_directory: str) -> Any:
+    """Run one invocation; returns whatever FastAPI should send (Response or plain value).
+
+    Marks `invocation.failed` when the function raised or returned nothing."""
+    function = invocation.function
+    invocation_id = invocation.invocation_id
     kwargs: dict[str, Any] = {function.trigger_arg: request}
     if function.wants_context:
         kwargs["context"] = InvocationContext(invocation_id, function.name, function_directory)
-    log.info("Executing 'Functions.%s' (Reason='HTTP request', Id=%s)", function.name, invocation_id)
-    started = time.perf_counter()
-    outcome = "Succeeded"
+    # As the worker: set for every invocation on the loop's thread and never cleared, so the
+    # last invocation started is what code without a task id of its own is attributed to.
+    invocation_id_local.invocation_id = invocation_id
     try:
         fn = function.user_function
         if inspect.iscoroutinefunction(fn):
             result = await fn(**kwargs)
         else:
             # The worker runs `def` functions in a thread pool so they can't block the loop.
-            result = await run_in_threadpool(functools.partial(fn, **kwargs))
+            result = await run_in_threadpool(functools.partial(_run_sync, invocation_id, fn, kwargs))
         if result is None:
-            outcome = "Failed"
+            invocation.failed = True
             log.error(
                 "Function '%s' returned None (Id=%s); HTTP functions must return a response",
                 function.name,
@@ -93,18 +116,9 @@ async def invoke(
         return result
     except HTTPException:
         # FastAPI's own handler turns it into the status + {"detail": ...}, as in Azure.
-        outcome = "Failed"
+        invocation.failed = True
         raise
     except Exception:
-        outcome = "Failed"
-        log.exception("Executed 'Functions.%s' raised (Id=%s)", function.name, invocation_id)
+        invocation.failed = True
+        log.exception("Function '%s' raised (Id=%s)", function.name, invocation_id)
         return internal_error()
-    finally:
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        log.info(
-            "Executed 'Functions.%s' (%s, Id=%s, Duration=%.0fms)",
-            function.name,
-            outcome,
-            invocation_id,
-            elapsed_ms,
-        )

@@ -6,6 +6,7 @@ socket is listening, so the banner never advertises a URL that does not answer y
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import uvicorn
 from starlette.types import ASGIApp
 
+from funchost import worker
 from funchost.read_timeouts import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -45,6 +47,9 @@ def make_config(
         log_level=log_level,
         lifespan="off",
         access_log=False,
+        # We are the proxy: a caller's own X-Forwarded-* must not become the client address or scheme
+        # (uvicorn trusts them from 127.0.0.1 by default); the host layer sets them (asgi.py).
+        proxy_headers=False,
         # Let open streams finish briefly on Ctrl+C instead of hanging forever.
         timeout_graceful_shutdown=5,
         log_config=None,
@@ -64,6 +69,8 @@ class ReadyServer(uvicorn.Server):
         self.bound: tuple[str, int] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before the first connection: every request task is then one the worker's log handler can read.
+        worker.install(asyncio.get_running_loop())
         await super().startup(sockets=sockets)
         if self.should_exit or not self.servers:
             return

@@ -293,6 +293,7 @@ class FakeRun:
     """What the response needs of a run (`chatstream.run.Run`)."""
 
     request_id: str = "r1"
+    span: object = None
     outcome: str = "running"
     started: bool = True
     logged: list[str] = field(default_factory=list)

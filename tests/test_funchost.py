@@ -612,3 +612,159 @@ def test_read_timeouts_come_from_flag_then_environment_then_default(flag, env, e
 
     environ = {} if env is None else {HEADER_TIMEOUT_ENV: env}
     assert read_timeout(flag, HEADER_TIMEOUT_ENV, 10.0, environ) == expected
+
+
+# --- the worker's behaviour around streams (facts observed with azure_functions_worker 4.34) -------
+
+WORKER_APP = textwrap.dedent(
+    """
+    import asyncio
+    import contextvars
+    import logging
+
+    import azure.functions as func
+    from azurefunctions.extensions.http.fastapi import JSONResponse, Request, StreamingResponse
+
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    log = logging.getLogger("app")
+    set_in_body = contextvars.ContextVar("set_in_body", default="unset")
+    other_started = asyncio.Event()
+
+
+    def sse(gen, req):
+        headers = {"x-invocation": req.headers["x-ms-invocation-id"]}
+        return StreamingResponse(gen, media_type="text/event-stream", headers=headers)
+
+
+    @app.route(route="stream", methods=["GET"])
+    async def stream(req: Request) -> StreamingResponse:
+        set_in_body.set("set in the body")
+        me = req.headers["x-ms-invocation-id"]
+
+        async def gen():
+            yield f"data: {set_in_body.get()}\\n\\n"
+            await asyncio.sleep(0.2)
+            log.info("last chunk of %s", me)
+            yield "data: end\\n\\n"
+
+        return sse(gen(), req)
+
+
+    @app.route(route="broken", methods=["GET"])
+    async def broken(req: Request) -> StreamingResponse:
+        async def gen():
+            yield "data: one\\n\\n"
+            await asyncio.sleep(0.1)
+            raise RuntimeError("generator failed mid-stream")
+
+        return sse(gen(), req)
+
+
+    @app.route(route="waits", methods=["GET"])
+    async def waits(req: Request) -> StreamingResponse:
+        me = req.headers["x-ms-invocation-id"]
+
+        async def gen():
+            yield "data: waiting\\n\\n"
+            await asyncio.wait_for(other_started.wait(), 10)
+            log.info("streaming %s after another invocation started", me)
+            yield "data: end\\n\\n"
+
+        return sse(gen(), req)
+
+
+    @app.route(route="other", methods=["GET"])
+    async def other(req: Request) -> JSONResponse:
+        other_started.set()
+        return JSONResponse({"id": req.headers["x-ms-invocation-id"]})
+
+
+    @app.route(route="forwarded", methods=["GET"])
+    async def forwarded(req: Request) -> JSONResponse:
+        names = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+        return JSONResponse({name: req.headers.getlist(name) for name in names})
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def worker_app(tmp_path_factory):
+    app_dir = tmp_path_factory.mktemp("worker_app")
+    (app_dir / "function_app.py").write_text(WORKER_APP)
+    (app_dir / "host.json").write_text(json.dumps({"version": "2.0"}))
+    with start_subprocess(app_dir, extra_args=["--no-local-settings"]) as proc:
+        yield proc
+
+
+def _line_index(proc, text: str, timeout: float = 10.0) -> int:
+    """Index of the first output line containing `text`, waiting for it (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = proc.output.splitlines()
+        found = next((i for i, line in enumerate(lines) if text in line), None)
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no line with {text!r} in:\n{proc.output[-3000:]}")
+        time.sleep(0.05)
+
+
+def test_executed_is_logged_only_after_the_whole_response_was_sent(worker_app):
+    with httpx.Client(base_url=worker_app.url, timeout=TIMEOUT) as c:
+        r = c.get("/api/stream")
+    assert r.status_code == 200
+    invocation_id = r.headers["x-invocation"]
+    executed = _line_index(
+        worker_app, f"Executed 'Functions.stream' (Succeeded, Id={invocation_id}, Duration="
+    )
+    assert _line_index(worker_app, f"last chunk of {invocation_id}") < executed
+    assert f"[{invocation_id}] INFO funchost: Executed" in worker_app.output.splitlines()[executed]
+
+
+def test_contextvars_set_in_the_function_body_are_not_seen_while_streaming(worker_app):
+    with httpx.Client(base_url=worker_app.url, timeout=TIMEOUT) as c:
+        r = c.get("/api/stream")
+    assert r.text.startswith("data: unset\n\n")  # the body ran in the invocation's task, not this one
+
+
+def test_a_generator_that_raises_mid_stream_cuts_the_body_and_fails_the_invocation(worker_app):
+    with httpx.Client(base_url=worker_app.url, timeout=TIMEOUT) as c:
+        with c.stream("GET", "/api/broken") as r:
+            assert r.status_code == 200
+            invocation_id = r.headers["x-invocation"]
+            with pytest.raises(httpx.RemoteProtocolError):  # incomplete chunked read
+                for _ in r.iter_bytes():
+                    pass
+    _line_index(worker_app, f"Executed 'Functions.broken' (Failed, Id={invocation_id}, Duration=")
+
+
+def test_records_written_while_streaming_get_the_last_started_invocation_id(worker_app):
+    """The worker's own attribution, reproduced: without an id of its own on the sending task, a line
+    written while streaming goes to the host with the id of whichever invocation started last."""
+    with httpx.Client(base_url=worker_app.url, timeout=TIMEOUT) as c:
+        with c.stream("GET", "/api/waits") as r:
+            waiting_id = r.headers["x-invocation"]
+            chunks = r.iter_text()
+            assert next(chunks) == "data: waiting\n\n"
+            other_id = c.get("/api/other").json()["id"]
+            assert "".join(chunks) == "data: end\n\n"
+    line = worker_app.output.splitlines()[_line_index(worker_app, f"streaming {waiting_id} after")]
+    assert f"[{other_id}] INFO app: streaming {waiting_id}" in line
+
+
+def test_x_forwarded_headers_are_set_by_the_proxy_not_passed_through(worker_app):
+    with httpx.Client(base_url=worker_app.url, timeout=TIMEOUT) as c:
+        r = c.get(
+            "/api/forwarded",
+            headers={
+                "X-Forwarded-For": "203.0.113.9",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil",
+            },
+        )
+    host = worker_app.url.removeprefix("http://")
+    assert r.json() == {
+        "x-forwarded-for": ["127.0.0.1"],
+        "x-forwarded-proto": ["http"],
+        "x-forwarded-host": [host],
+    }
