@@ -39,6 +39,8 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Slow (about 12 s, the slowest setup in the suite): it starts every smoke contender, the
+    simulated upstream and the load generator as processes, once for all the tests in this file."""
     out = tmp_path_factory.mktemp("bench-smoke")
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],

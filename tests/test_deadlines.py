@@ -172,6 +172,7 @@ def flood_app(hostile: HostileUpstream) -> Iterator[SubprocessServer]:
 
 
 def test_a_caller_that_stops_reading_cannot_hold_the_stream_past_the_deadline(flood_app, hostile):
+    """Slow by design (about 7 s): a 2 s deadline, then the 5 s the response gives its closing events."""
     # Megabytes in the first second: the socket buffers fill and the app's `send` blocks.
     sock, request_id = _open_and_stop_reading(flood_app.url, "everything [hostile:flood]")
     try:

@@ -137,7 +137,7 @@ def test_limits_are_enforced_before_the_model(
 def test_openapi_contract(fault_app: SubprocessServer, mode: schemathesis.GenerationMode) -> None:
     """Schema-valid and schema-violating requests from the app's own description: documented status,
     content type and body shape, never a 5xx. (schemathesis' pytest plugin predates pytest 9, so the
-    strategy is driven by hypothesis directly.)"""
+    strategy is driven by hypothesis directly.) Slow (about 5 s): 150 generated requests per mode."""
     schema = schemathesis.openapi.from_url(f"{fault_app.url}/api/openapi.json")
     operation = schema["/api/chat"]["POST"]
 

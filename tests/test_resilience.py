@@ -142,6 +142,7 @@ def test_429_with_a_long_retry_after_is_answered_at_once(fault_app, fault_simula
 def test_persistent_fault_before_the_stream_gets_a_real_status(
     fault_app, fault_simulator, spec, status, code
 ):
+    """The timeout case is slow by design (about 4 s): three attempts each wait out the 1 s read timeout."""
     response = chat(fault_app.url, f"fail [sim:{spec}]")
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -164,6 +165,7 @@ def test_prompt_blocked_by_the_content_filter_is_400_content_filter(fault_app, f
 
 
 def test_refused_connection_is_502_upstream_unavailable():
+    """Slow (about 3 s): an app process of its own, pointed at a closed port, with a retry's backoff."""
     closed_port = free_port()
     with start_app(
         AZURE_OPENAI_ENDPOINT=f"http://127.0.0.1:{closed_port}",

@@ -192,6 +192,7 @@ def soak_round(url: str, sim: SimulatorHandle) -> tuple[float, dict]:
 def test_soak_200_concurrent_streams_with_faults_and_disconnects(
     soak_app: SubprocessServer, fault_simulator: SimulatorHandle
 ) -> None:
+    """Slow by design (about 5-7 s): two rounds of 200 concurrent streams."""
     url = fresh(soak_app, fault_simulator, idle_timeout=30).url
     # Warm up (imports, pools, allocator) so the baseline is the steady state, not the cold start.
     asyncio.run(run_soak_warmup(url))
