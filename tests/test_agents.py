@@ -51,8 +51,8 @@ def reverse(text: str) -> str:
 
 
 def build_two_tool_agent(context: ChainContext) -> Any:
-    """An agent with two tools, in three lines: the runner streams whatever `create_agent` returns."""
-    return create_agent(context.model_with_tools([]) and context.chat_model, [word_count, reverse])
+    """An agent with two tools: the runner streams whatever `create_agent` returns."""
+    return create_agent(context.chat_model or context.model, [word_count, reverse])
 
 
 class State(TypedDict):
