@@ -144,17 +144,17 @@ class GraphChain(Runnable[ChatInput, Any]):
     async def astream(
         self, input: ChatInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        config = dict(config or {})  # type: ignore[assignment]
+        run_config: RunnableConfig = {**(config or {})}
         if self.recursion_limit is not None:
-            config.setdefault("recursion_limit", self.recursion_limit)
-        graph, graph_input = await self._graph_and_input(input, config)  # type: ignore[arg-type]
+            run_config.setdefault("recursion_limit", self.recursion_limit)
+        graph, graph_input = await self._graph_and_input(input, run_config)
         queue: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_SIZE)
 
         async def pump() -> None:
             try:
                 async for item in graph.astream(
                     graph_input,
-                    config,  # type: ignore[arg-type]
+                    run_config,
                     context=self.context,
                     stream_mode=STREAM_MODES,  # type: ignore[arg-type]
                     subgraphs=True,

@@ -68,7 +68,7 @@ class RoundLimit(ModelCallLimitMiddleware):
         super().__init__(run_limit=rounds, exit_behavior="error")
         self.rounds = rounds
 
-    async def abefore_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:  # type: ignore[override]
+    async def abefore_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
         try:
             return self.before_model(state, runtime)
         except ModelCallLimitExceededError:
@@ -144,7 +144,7 @@ class RequestOptions(AgentMiddleware):
         return await handler(request)
 
 
-_agents: dict[tuple[int, str, int, tuple[str, ...]], tuple[BaseChatModel, Pregel]] = {}
+_agents: dict[tuple[int, str, int, tuple[str, ...]], tuple[BaseChatModel, Any]] = {}
 
 
 def tools_agent(model: BaseChatModel, tools: Sequence[BaseTool], system_prompt: str, rounds: int) -> Pregel:
@@ -158,14 +158,14 @@ def tools_agent(model: BaseChatModel, tools: Sequence[BaseTool], system_prompt: 
         model,
         list(tools),
         system_prompt=system_prompt,
-        middleware=[RoundLimit(rounds), ToolErrors(), RequestOptions()],
+        middleware=[RoundLimit(rounds), ToolErrors(), RequestOptions()],  # type: ignore[list-item]
         context_schema=RunOptions,
         name="tools_agent",
     )
     if len(_agents) >= _MAX_AGENTS:
         _agents.pop(next(iter(_agents)))
     _agents[key] = (model, agent)
-    return agent
+    return agent  # type: ignore[return-value]
 
 
 def build_tool_agent(context: ChainContext, tools: Sequence[BaseTool]) -> Runnable:
