@@ -127,7 +127,6 @@ def assert_usage_is_every_call(end: dict, records: list[dict]) -> None:
 
 
 def test_a_create_agent_agent_streams_tokens_tool_events_and_summed_usage(graph_app, sim):
-    sim.reset() if hasattr(sim, "reset") else None
     before = len(sim.requests())
     response, events, _, done = sse_events(graph_app, {"user": "Call reverse please", "chain": "agent2"})
     assert response.status_code == 200 and done
