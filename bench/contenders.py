@@ -70,6 +70,18 @@ PRODUCT_UNCOALESCED = Contender(
     env=(("CHAT_COALESCE_DELTAS", "false"),),
 )
 
+#: The product's agent path: the `tools` chain (a LangChain v1 `create_agent` graph streamed through
+#: chains/graph.py) answering without calling a tool, so the upstream streams the same tokens as for chat.
+PRODUCT_AGENT = Contender(
+    key="product-agent",
+    label="product, chain=tools (create_agent graph)",
+    argv=PRODUCT.argv,
+    path=PRODUCT.path,
+    body=lambda q: _json({"messages": [{"role": "user", "content": q}], "chain": "tools"}),
+    marker=PRODUCT.marker,
+    error_marker=PRODUCT.error_marker,
+)
+
 NAIVE = Contender(
     key="naive",
     label="naive (astream -> json.dumps -> SSE)",
@@ -105,7 +117,7 @@ RAW = Contender(
     marker=b'"delta":{"content":"',
 )
 
-ALL = {c.key: c for c in (PRODUCT, PRODUCT_UNCOALESCED, NAIVE, LANGSERVE, RAW)}
+ALL = {c.key: c for c in (PRODUCT, PRODUCT_AGENT, PRODUCT_UNCOALESCED, NAIVE, LANGSERVE, RAW)}
 
 
 def upstream_target_body(question: str) -> bytes:

@@ -11,6 +11,7 @@ from typing import Any
 COLORS = {
     "product": "#1f77b4",
     "product-1to1": "#17becf",
+    "product-agent": "#9467bd",
     "naive": "#d62728",
     "langserve": "#ff7f0e",
     "raw": "#7f7f7f",

@@ -34,6 +34,8 @@ class ChainContext:
     tool_max_rounds: int = 4
     #: Passages the `rag` chain retrieves.
     rag_top_k: int = 4
+    #: Where graph chains keep conversation threads (`thread_id`); shared by every request.
+    checkpointer: Any = None
 
     def model_with_tools(self, tools: Sequence[Any]) -> Runnable:
         """`bind_tools` on the model itself, then the request's options: binding tools onto an already

@@ -1,35 +1,50 @@
-"""`tools`: the model may call tools; they run here, their results go back, and the answer streams.
+"""`tools`: a LangChain v1 `create_agent` agent with the example tools, streamed as a graph.
 
-One round = one streamed model call. The model's chunks pass through unchanged (the runner turns
-`tool_call_chunks` into `tool_call_delta` / `tool_call` events); after a round that asked for tools
-this chain runs them and yields a `tool_result` (or `tool_error`) event per call, then calls the
-model again with the results. A failing tool does not end the run: the model is told the tool
-failed (as LangChain's ToolNode does) and can answer anyway. After `tool_max_rounds` rounds that all
-asked for tools the run ends with an `error` event (`tool_rounds_exceeded`).
+The model's chunks pass through (the runner turns `tool_call_chunks` into `tool_call_delta` /
+`tool_call` events); each tool result becomes a `tool_result` (or `tool_error`) event; then the model
+is called again with the results. What the hand-written loop this replaces promised still holds, by
+middleware:
+
+- a failing tool does not end the run: the model is told `Error: <message>` (status `error`) and can
+  answer anyway; an unknown tool or arguments that are not a JSON object are answered the same way
+  (`ToolErrors`), and a turn whose only calls had invalid arguments goes back to the model;
+- results are cut to `MAX_RESULT_CHARS` before the model and the caller see them;
+- at most `tool_max_rounds` model calls: a run that needs another one ends with `tool_rounds_exceeded`
+  (`RoundLimit`);
+- the request's options (`max_tokens`, `temperature`) reach every model call (`RequestOptions`: the
+  agent is compiled once per model and prompt, ~3 ms saved per request, so options come per run).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.messages.ai import add_ai_message_chunks
-from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware, hook_config
+from langchain.agents.middleware.model_call_limit import ModelCallLimitExceededError
+from langchain.agents.middleware.types import ModelRequest, ModelResponse
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
+from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.pregel import Pregel
+from langgraph.types import Command
 
 from chains.errors import ChainFailure
 from chains.example_tools import example_tools
-from chains.registry import ChainContext, ChainSpec, ChatInput
+from chains.graph import GraphChain
+from chains.registry import ChainContext, ChainSpec
 
 log = logging.getLogger("chains.tools")
 
 #: Longest tool result sent back to the model and shown in the `tool_result` event.
 MAX_RESULT_CHARS = 4000
+#: Compiled agents kept (one per deployment's model, system prompt and round limit).
+_MAX_AGENTS = 32
 
 
 def rounds_exceeded(rounds: int) -> ChainFailure:
@@ -39,149 +54,135 @@ def rounds_exceeded(rounds: int) -> ChainFailure:
     )
 
 
-class _CallParts:
-    """One tool call's fragments as they arrive; joined once when the turn is complete."""
+@dataclass(frozen=True)
+class RunOptions:
+    """The agent's runtime context: what changes per request without recompiling the agent."""
 
-    __slots__ = ("args", "call_id", "index", "name")
-
-    def __init__(self, index: int | None, call_id: str | None) -> None:
-        self.index = index
-        self.call_id = call_id
-        self.name: list[str] = []
-        self.args: list[str] = []
-
-    def chunk(self) -> ToolCallChunk:
-        return tool_call_chunk(
-            name="".join(self.name) or None, args="".join(self.args), id=self.call_id, index=self.index
-        )
+    model_options: dict[str, Any] = field(default_factory=dict)
 
 
-class Turn:
-    """One streamed model turn, merged once at its end: linear in the size of the turn.
+class RoundLimit(ModelCallLimitMiddleware):
+    """LangChain's per-run model-call limit, failing in our words (`tool_rounds_exceeded`)."""
 
-    `turn = turn + chunk` re-merged the whole turn and re-parsed every tool call's arguments so far
-    on each chunk, so arguments streamed in small fragments cost quadratic CPU (seconds for 16 KB),
-    and a caller's prompt can make a model do that. Here tool-call fragments go into lists by index
-    (the same grouping as LangChain's merge: one call per index unless a different id starts a new
-    one), the rest of each chunk is merged by LangChain in one pass, and the arguments are parsed once.
-    """
+    def __init__(self, rounds: int) -> None:
+        super().__init__(run_limit=rounds, exit_behavior="error")
+        self.rounds = rounds
 
-    def __init__(self) -> None:
-        self._chunks: list[AIMessageChunk] = []
-        self._calls: list[_CallParts] = []
-        self._by_index: dict[int, _CallParts] = {}
+    async def abefore_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        try:
+            return self.before_model(state, runtime)
+        except ModelCallLimitExceededError:
+            raise rounds_exceeded(self.rounds) from None
 
-    def add(self, chunk: AIMessageChunk) -> None:
-        if chunk.tool_call_chunks:
-            for part in chunk.tool_call_chunks:
-                self._add_part(part)
-            chunk = chunk.model_copy(
-                update={"tool_call_chunks": [], "tool_calls": [], "invalid_tool_calls": []}
-            )
-        self._chunks.append(chunk)
 
-    def _add_part(self, part: ToolCallChunk) -> None:
-        index, call_id = part.get("index"), part.get("id") or None
-        call = self._by_index.get(index) if isinstance(index, int) else None
-        if call is None or (call_id and call.call_id and call_id != call.call_id):
-            call = _CallParts(index, call_id)
-            self._calls.append(call)
-            if isinstance(index, int):
-                self._by_index[index] = call
-        elif call_id and not call.call_id:
-            call.call_id = call_id
-        if name := part.get("name"):
-            call.name.append(name)
-        if args := part.get("args"):
-            call.args.append(args)
+def _error_message(call: dict[str, Any], content: str, reason: str) -> ToolMessage:
+    """What the model reads (`content`) and what the caller's `tool_error` says (`reason`)."""
+    return ToolMessage(
+        content=content,
+        tool_call_id=call.get("id") or "",
+        name=call.get("name") or "",
+        status="error",
+        artifact={"error": reason},
+    )
 
-    def message(self) -> AIMessageChunk | None:
-        """The whole turn as LangChain's sum of its chunks would be; None if the model sent nothing."""
-        if not self._chunks:
+
+class ToolErrors(AgentMiddleware):
+    """Tool failures are data for the model, never the end of the run."""
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command]],
+    ) -> ToolMessage | Command:
+        call = request.tool_call
+        if request.tool is None:
+            name = call["name"]
+            return _error_message(call, f"Error: there is no tool named {name!r}", f"unknown tool {name!r}")  # type: ignore[arg-type]
+        try:
+            result = await handler(request)
+        except Exception as exc:  # a tool's failure is reported to the caller and the model, not raised
+            log.info("tool %s failed: %s", call["name"], exc)
+            cause = exc.__cause__ if type(exc).__name__ == "ToolInvocationError" and exc.__cause__ else exc
+            message = str(cause) or type(cause).__name__
+            return _error_message(call, f"Error: {message}", message)  # type: ignore[arg-type]
+        if isinstance(result, ToolMessage) and isinstance(result.content, str):
+            if len(result.content) > MAX_RESULT_CHARS:
+                result.content = result.content[:MAX_RESULT_CHARS]
+        return result
+
+    @hook_config(can_jump_to=["model"])
+    async def aafter_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Calls whose arguments were not a JSON object get an error answer now (the agent would
+        otherwise end the run on a turn with no valid call), and the model is asked again."""
+        last = state["messages"][-1]
+        if not isinstance(last, AIMessage) or not last.invalid_tool_calls:
             return None
-        merged = add_ai_message_chunks(*self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-        if not self._calls:
-            return merged
-        return AIMessageChunk(
-            content=merged.content,
-            additional_kwargs=merged.additional_kwargs,
-            response_metadata=merged.response_metadata,
-            usage_metadata=merged.usage_metadata,
-            id=merged.id,
-            chunk_position=merged.chunk_position,
-            tool_call_chunks=[call.chunk() for call in self._calls],
-        )
-
-
-def _invalid(call: Any) -> dict[str, Any]:
-    """A call whose arguments were not a JSON object: answered with an error like a failing tool."""
-    return {"name": call.get("name") or "", "id": call.get("id"), "args": {}, "invalid": True}
-
-
-async def _run_tool(tool: BaseTool | None, call: Any, config: RunnableConfig) -> tuple[str, str | None]:
-    """(content for the model, error message or None). Never raises: a tool failure is data."""
-    if call.get("invalid"):
-        return "Error: the arguments were not a valid JSON object", "arguments are not valid JSON"
-    if tool is None:
-        return f"Error: there is no tool named {call['name']!r}", f"unknown tool {call['name']!r}"
-    try:
-        result = await tool.ainvoke(call["args"], config)
-    except Exception as exc:  # a tool's failure is reported to the caller and the model, not raised
-        log.info("tool %s failed: %s", call["name"], exc)
-        message = str(exc) or type(exc).__name__
-        return f"Error: {message}", message
-    text = result if isinstance(result, str) else json.dumps(result, default=str)
-    return text[:MAX_RESULT_CHARS], None
-
-
-def build_tool_loop(context: ChainContext, tools: Sequence[BaseTool]) -> Runnable:
-    by_name = {tool.name: tool for tool in tools}
-    model = context.model_with_tools(tools)
-    max_rounds = context.tool_max_rounds
-
-    async def loop(inputs: AsyncIterator[ChatInput], config: RunnableConfig) -> AsyncIterator[Any]:
-        request = [item async for item in inputs][-1]
-        messages: list[BaseMessage] = [
-            SystemMessage(content=context.system_prompt),
-            *request["history"],
-            HumanMessage(content=request["question"]),
-        ]
-        for _ in range(max_rounds):
-            parts = Turn()
-            async for chunk in model.astream(messages, config):
-                parts.add(chunk)
-                yield chunk
-            turn = parts.message()
-            if turn is None or not (turn.tool_calls or turn.invalid_tool_calls):
-                return
-            messages.append(turn)
-            calls = [*turn.tool_calls, *(_invalid(c) for c in turn.invalid_tool_calls)]
-            outcomes = await asyncio.gather(
-                *(_run_tool(None if c.get("invalid") else by_name.get(c["name"]), c, config) for c in calls)
+        answers = [
+            _error_message(
+                dict(call),
+                "Error: the arguments were not a valid JSON object",
+                "arguments are not valid JSON",
             )
-            for call, (content, error) in zip(calls, outcomes, strict=True):
-                event: dict[str, Any] = {"type": "tool_result", "id": call["id"], "name": call["name"]}
-                if error is None:
-                    event["content"] = content
-                else:
-                    event = {**event, "type": "tool_error", "message": error}
-                yield event
-                messages.append(
-                    ToolMessage(
-                        content=content,
-                        tool_call_id=call["id"] or "",
-                        name=call["name"],
-                        status="error" if error else "success",
-                    )
-                )
-        raise rounds_exceeded(max_rounds)
+            for call in last.invalid_tool_calls
+        ]
+        update: dict[str, Any] = {"messages": answers}
+        if not last.tool_calls:
+            update["jump_to"] = "model"
+        return update
 
-    # RunnableGenerator passes the config to a function that takes one; its stubs do not say so.
-    return RunnableGenerator(loop, name="tool_loop")  # type: ignore[arg-type]
+
+class RequestOptions(AgentMiddleware):
+    """The request's model options (`RunOptions.model_options`) on every model call of the run."""
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> ModelResponse:
+        context = request.runtime.context if request.runtime else None
+        options = context.model_options if isinstance(context, RunOptions) else None
+        if options:
+            request = request.override(model_settings={**request.model_settings, **options})
+        return await handler(request)
+
+
+_agents: dict[tuple[int, str, int, tuple[str, ...]], tuple[BaseChatModel, Any]] = {}
+
+
+def tools_agent(model: BaseChatModel, tools: Sequence[BaseTool], system_prompt: str, rounds: int) -> Pregel:
+    """The compiled agent for this model, prompt and limit; built once (the model object is kept by the
+    service per deployment, so its identity is a stable key)."""
+    key = (id(model), system_prompt, rounds, tuple(t.name for t in tools))
+    cached = _agents.get(key)
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    agent = create_agent(
+        model,
+        list(tools),
+        system_prompt=system_prompt,
+        middleware=[RoundLimit(rounds), ToolErrors(), RequestOptions()],  # type: ignore[list-item]
+        context_schema=RunOptions,
+        name="tools_agent",
+    )
+    if len(_agents) >= _MAX_AGENTS:
+        _agents.pop(next(iter(_agents)))
+    _agents[key] = (model, agent)
+    return agent  # type: ignore[return-value]
+
+
+def build_tool_agent(context: ChainContext, tools: Sequence[BaseTool]) -> Runnable:
+    model = context.chat_model or context.model
+    if not isinstance(model, BaseChatModel):
+        raise TypeError("the tools chain needs ChainContext.chat_model")
+    agent = tools_agent(model, tools, context.system_prompt, context.tool_max_rounds)
+    return GraphChain(
+        agent,
+        progress=False,  # the `tools` chain's events are what they were: no per-node progress
+        context=RunOptions(dict(context.model_options)),
+        checkpointer=context.checkpointer,
+    )
 
 
 def build_tools_chain(context: ChainContext) -> Runnable:
-    return build_tool_loop(context, example_tools())
+    return build_tool_agent(context, example_tools())
 
 
 TOOLS = ChainSpec(

@@ -215,3 +215,12 @@ def unsupported_parameter(param: str, deployments: list[str], reasoning: bool) -
         f"{param}: not supported by {names} ({kind} do not take it); leave it out",
         param=param,
     )
+
+
+def threads_unsupported(chain: str) -> ChatError:
+    return ChatError(
+        400,
+        "unsupported_parameter",
+        f"thread_id: chain {chain!r} keeps no conversation threads; send the whole conversation instead",
+        param="thread_id",
+    )

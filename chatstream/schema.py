@@ -66,6 +66,8 @@ class ChatRequest(BaseModel):
     reasoning_effort: str | None = None
     #: Several deployments answering at once (checked against CHAT_DEPLOYMENTS by the service).
     deployments: list[str] | None = Field(None, min_length=1)
+    #: A conversation thread kept by the server (graph chains): send only the new message.
+    thread_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{8,128}$")
 
     @model_validator(mode="before")
     @classmethod
@@ -144,6 +146,14 @@ class ChatRequest(BaseModel):
         if len(value) > 1 and info.data.get("stream") is False:
             raise ValueError("several deployments can only stream; send 'stream': true")
         return value
+
+    @model_validator(mode="after")
+    def _one_thread_one_deployment(self) -> ChatRequest:
+        if self.thread_id is not None and self.deployments is not None and len(self.deployments) > 1:
+            raise PydanticCustomError(
+                "thread_with_deployments", "a thread continues with one deployment; name at most one"
+            )
+        return self
 
     @property
     def conversation(self) -> list[Message]:

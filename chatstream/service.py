@@ -8,6 +8,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from chains import ChainContext, ChainRegistry, ChainSpec, default_registry
+from chains.graph import GraphChain, as_chain
+from chains.threads import BoundedMemorySaver
 from chatstream import errors, telemetry
 from chatstream.diagnostics import live_runs
 from chatstream.fanout import MultiRun
@@ -47,6 +49,8 @@ class ChatService:
         self.targets: dict[str, ModelTarget] = {target.deployment: target} if target else {}
         self.registry = registry or default_registry()
         self.config_error = config_error
+        #: Conversation threads of graph chains (`thread_id`), in this instance's memory.
+        self.checkpointer = BoundedMemorySaver()
         #: Retries before the first chunk only, and only while they fit in the first-event wait.
         self.retry = RetryPolicy(settings.upstream_max_retries, settings.first_event_wait_seconds)
         self.limits = Limits(
@@ -179,8 +183,18 @@ class ChatService:
             model_options=options,
             tool_max_rounds=self.settings.tool_max_rounds,
             rag_top_k=self.settings.rag_top_k,
+            checkpointer=self.checkpointer,
         )
-        chain = spec.build(context)
+        chain = as_chain(spec.build(context), checkpointer=self.checkpointer)
+        run_config: dict[str, Any] = {
+            "run_name": f"chat:{chain_name}",
+            "metadata": {"request_id": request_id, "deployment": target.deployment},
+        }
+        if request.thread_id is not None:
+            if not isinstance(chain, GraphChain):
+                raise errors.threads_unsupported(chain_name)
+            # Per chain: another chain's graph would not read this one's state.
+            run_config["configurable"] = {"thread_id": f"{chain_name}:{request.thread_id}"}
         conversation = request.conversation
         inputs = {"history": _history(conversation[:-1]), "question": conversation[-1].content}
         span = telemetry.start_span(
@@ -200,10 +214,7 @@ class ChatService:
             chain=chain,
             inputs=inputs,
             record=record,
-            config={
-                "run_name": f"chat:{chain_name}",
-                "metadata": {"request_id": request_id, "deployment": target.deployment},
-            },
+            config=run_config,  # type: ignore[arg-type]
             retry=self.retry,
         )
         live_runs.add(run)

@@ -12,7 +12,6 @@ import math
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,13 +23,14 @@ from langchain_core.messages.tool import tool_call_chunk
 from aoai_simulator.placement import azure_marker
 from chains.example_tools import example_tools
 from chains.registry import ChainContext
-from chains.tools import Turn, build_tool_loop
+from chains.tools import build_tool_agent
 from chatstream import encoding
 from chatstream.upstream import MAX_RETRY_AFTER_SECONDS, _retry_after, retry_after_header
 from funchost.testing import free_port
 from tests.conftest import REPO_ROOT, app_env, start_app
 from tests.support.hostile import Conn, HostileUpstream, chunk, usage
 from tests.support.inprocess import serve, settings_for
+from tests.support.scripted import ScriptedChatModel
 from tests.test_funchost import CUT_OFF_WITHIN, trickle
 from tests.test_resilience import assert_no_leak, deltas, read_sse
 
@@ -213,22 +213,6 @@ def test_tool_call_arguments_in_thousands_of_fragments_are_assembled_exactly(
     assert results["call_big"].startswith("Error:") and "rm_rf" in results["call_bad"]
 
 
-class _ScriptedModel:
-    """A chat model stand-in for the tools chain: each call streams the next scripted list of chunks."""
-
-    def __init__(self, rounds: list[list[AIMessageChunk]]) -> None:
-        self.rounds = iter(rounds)
-        self.calls: list[list[Any]] = []
-
-    def bind_tools(self, tools: list[Any]) -> _ScriptedModel:
-        return self
-
-    async def astream(self, messages: list[Any], config: Any = None) -> AsyncIterator[AIMessageChunk]:
-        self.calls.append(list(messages))
-        for item in next(self.rounds):
-            yield item
-
-
 def _tool_round(args: str) -> list[AIMessageChunk]:
     first = AIMessageChunk(
         content="", tool_call_chunks=[tool_call_chunk(name="calculator", args="", id="call_1", index=0)]
@@ -242,11 +226,11 @@ def _tool_round(args: str) -> list[AIMessageChunk]:
 
 def test_the_tools_chain_parses_streamed_arguments_once_not_once_per_fragment(monkeypatch) -> None:
     """Linear by structure, not by timing: LangChain parses a turn's tool-call arguments each time it
-    builds a message from them. Summing the turn chunk by chunk (the old code) parsed every prefix of the
-    arguments, quadratic in their length; now each fragment is parsed once where the model built its
-    chunk, and the whole arguments once at the end of the turn."""
+    builds a message from them. Summing the turn chunk by chunk (the old hand-written loop, before its
+    fix) parsed every prefix of the arguments, quadratic in their length; the agent's model call parses
+    each fragment once where the model built its chunk, and the whole arguments once at the turn's end."""
     args = json.dumps({"expression": "2*3", "pad": "x" * 16_000})
-    model = _ScriptedModel([_tool_round(args), [AIMessageChunk(content="6")]])
+    model = ScriptedChatModel(rounds=[_tool_round(args), [AIMessageChunk(content="6")]])
     parsed: list[int] = []
     real = langchain_ai.parse_partial_json
 
@@ -255,7 +239,7 @@ def test_the_tools_chain_parses_streamed_arguments_once_not_once_per_fragment(mo
         return real(text, *a, **k)
 
     monkeypatch.setattr(langchain_ai, "parse_partial_json", counting)
-    chain = build_tool_loop(ChainContext(model=model, system_prompt="s", chat_model=model), example_tools())  # type: ignore[arg-type]
+    chain = build_tool_agent(ChainContext(model=model, system_prompt="s", chat_model=model), example_tools())
 
     async def run() -> list[Any]:
         return [item async for item in chain.astream({"history": [], "question": "q"})]
@@ -267,58 +251,6 @@ def test_the_tools_chain_parses_streamed_arguments_once_not_once_per_fragment(mo
     assert len(model.calls) == 2
     assistant = model.calls[1][-2]
     assert assistant.tool_calls[0]["args"] == json.loads(args)
-
-
-TURN_CASES = {
-    "text only": [AIMessageChunk(content="Hel", id="run-1"), AIMessageChunk(content="lo")],
-    "parallel calls": [
-        AIMessageChunk(content="", id="run-1", response_metadata={"model_provider": "openai"}),
-        AIMessageChunk(
-            content="Let me ", tool_call_chunks=[tool_call_chunk(name="calculator", args="", id="a", index=0)]
-        ),
-        AIMessageChunk(
-            content="check",
-            tool_call_chunks=[
-                tool_call_chunk(name=None, args='{"expr', id=None, index=0),
-                tool_call_chunk(name="utc_time", args="", id="b", index=1),
-            ],
-        ),
-        AIMessageChunk(
-            content="",
-            tool_call_chunks=[
-                tool_call_chunk(name=None, args='ession": "1+2"}', id=None, index=0),
-                tool_call_chunk(name=None, args="{}", id=None, index=1),
-            ],
-        ),
-        AIMessageChunk(
-            content="",
-            response_metadata={"finish_reason": "tool_calls"},
-            usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
-            chunk_position="last",
-        ),
-    ],
-    "invalid arguments": [
-        AIMessageChunk(
-            content="", tool_call_chunks=[tool_call_chunk(name="calculator", args="[1,", id="c", index=0)]
-        ),
-        AIMessageChunk(
-            content="", tool_call_chunks=[tool_call_chunk(name=None, args=" 2]", id=None, index=0)]
-        ),
-    ],
-}
-
-
-@pytest.mark.parametrize("case", sorted(TURN_CASES))
-def test_a_turn_merged_once_equals_the_sum_of_its_chunks(case: str) -> None:
-    chunks = TURN_CASES[case]
-    turn = Turn()
-    for item in chunks:
-        turn.add(item)
-    expected = chunks[0]
-    for item in chunks[1:]:
-        expected = expected + item
-    assert turn.message() == expected
-    assert Turn().message() is None
 
 
 # --- Small leaks: a 503 names the setting to fix, never its value. ---

@@ -1,0 +1,75 @@
+"""Conversation threads kept in this process's memory, bounded: the default checkpointer for graph chains.
+
+LangGraph's `InMemorySaver` keeps every checkpoint of every thread, each holding the whole message list,
+so a long conversation costs memory quadratic in its length and the number of threads has no limit.
+This one keeps only each thread's latest checkpoint (and the channel values it references) and at
+most `max_threads` threads, forgetting the least recently used first. Memory is per instance: with
+several instances (scale-out, restarts) a thread continues only where it started; a shared store
+(a LangGraph Postgres checkpointer, for example) lifts that.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
+from langgraph.checkpoint.memory import InMemorySaver
+
+#: Threads kept per instance before the least recently used is forgotten.
+MAX_THREADS = 1000
+
+
+class BoundedMemorySaver(InMemorySaver):
+    def __init__(self, max_threads: int = MAX_THREADS) -> None:
+        super().__init__()
+        self.max_threads = max_threads
+        #: Thread ids, least recently used first.
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        #: (thread, namespace) -> (latest checkpoint id, its channel versions).
+        self._latest: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        thread_id = config["configurable"]["thread_id"]
+        if thread_id in self._recent:
+            self._recent.move_to_end(thread_id)
+        return super().get_tuple(config)
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        saved = super().put(config, checkpoint, metadata, new_versions)
+        thread_id = config["configurable"]["thread_id"]
+        namespace = config["configurable"].get("checkpoint_ns", "")
+        versions = dict(checkpoint["channel_versions"])
+        previous = self._latest.get((thread_id, namespace))
+        self._latest[(thread_id, namespace)] = (checkpoint["id"], versions)
+        if previous is not None and previous[0] != checkpoint["id"]:
+            self._forget(thread_id, namespace, previous[0], previous[1], versions)
+        self._recent[thread_id] = None
+        self._recent.move_to_end(thread_id)
+        while len(self._recent) > self.max_threads:
+            oldest, _ = self._recent.popitem(last=False)
+            self.delete_thread(oldest)
+        return saved
+
+    def _forget(
+        self, thread_id: str, namespace: str, old_id: str, old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        """The superseded checkpoint, its pending writes, and the values only it referenced."""
+        self.storage[thread_id][namespace].pop(old_id, None)
+        self.writes.pop((thread_id, namespace, old_id), None)
+        for channel, version in old.items():
+            if new.get(channel) != version:
+                self.blobs.pop((thread_id, namespace, channel, version), None)
+
+    def delete_thread(self, thread_id: str) -> None:
+        super().delete_thread(thread_id)
+        self._recent.pop(thread_id, None)
+        for key in [k for k in self._latest if k[0] == thread_id]:
+            del self._latest[key]
