@@ -70,7 +70,7 @@ _ONLY_AT_DEFAULT: dict[str, Callable[[Any], bool]] = {
 }
 #: Why a refused option is refused, where there is more to say than "not supported".
 _WHY = {
-    "tools": 'the app runs its own tools on the server (send "chain": "tools") and never returns '
+    "tools": 'the app runs its own tools on the server, with "chain": "tools", and never returns '
     "tool calls to the client",
     "functions": "the app runs its own tools on the server and never returns function calls",
     "n": "one choice per request",
