@@ -304,6 +304,15 @@ def test_messages_the_app_cannot_take_are_a_bad_request(
     assert (caught.value.code, caught.value.param) == (code, param)
 
 
+def test_a_limit_error_names_the_field_the_caller_sent(app: ThreadServer) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(app).chat.completions.create(
+            model="gpt-4o-mini", messages=user("hi"), max_completion_tokens=10**6
+        )
+    assert (caught.value.code, caught.value.param) == ("option_out_of_range", "max_completion_tokens")
+    assert "max_completion_tokens may be at most" in caught.value.message
+
+
 def test_an_unknown_field_is_refused_like_openai_does(app: ThreadServer) -> None:
     response = httpx.post(
         f"{app.url}/api/v1/chat/completions",

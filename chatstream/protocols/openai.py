@@ -208,7 +208,12 @@ def parse_request(body: bytes, limits: Limits, allowed_models: list[str]) -> Ope
     try:
         return OpenAIChatRequest.model_validate(request, strict=True, context={"limits": limits})
     except ValidationError as exc:
-        raise errors.from_validation_error(exc) from None
+        error = errors.from_validation_error(exc)
+        if error.param == "max_tokens" and "max_completion_tokens" in data and "max_tokens" not in data:
+            # Name the field the caller sent.
+            error.param = "max_completion_tokens"
+            error.message = error.message.replace("max_tokens", "max_completion_tokens")
+        raise error from None
 
 
 def error_type(status: int) -> str:
