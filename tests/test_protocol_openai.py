@@ -322,10 +322,10 @@ def test_an_unknown_field_is_refused_like_openai_does(app: ThreadServer) -> None
     assert response.status_code == 400
     assert response.json() == {
         "error": {
-            "message": "Unrecognized request argument supplied: temprature",
+            "message": "temprature: unrecognized request argument (not a Chat Completions field)",
             "type": "invalid_request_error",
             "param": "temprature",
-            "code": "unknown_parameter",
+            "code": "invalid_request",
         }
     }
 

@@ -78,21 +78,6 @@ _WHY = {
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-def _unsupported(param: str, why: str | None = None) -> ChatError:
-    reason = why or _WHY.get(param) or "this API does not honour it"
-    return ChatError(400, "unsupported_parameter", f"{param}: not supported: {reason}; leave it out", param)
-
-
-def model_not_found(model: str) -> ChatError:
-    """OpenAI's answer for a model the key cannot use: 404 `model_not_found`."""
-    return ChatError(
-        404,
-        "model_not_found",
-        f"The model `{model}` does not exist or you do not have access to it.",
-        "model",
-    )
-
-
 def _text(content: Any, where: str) -> Any:
     """A string, or an array of text parts (joined); other parts (images, audio, files) are refused."""
     if not isinstance(content, list):
@@ -101,12 +86,7 @@ def _text(content: Any, where: str) -> Any:
     for i, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
             kind = part.get("type") if isinstance(part, dict) else None
-            raise ChatError(
-                400,
-                "unsupported_value",
-                f"{where}[{i}]: only text parts are supported (got {kind!r})",
-                f"{where}[{i}]",
-            )
+            raise errors.unsupported_value(f"{where}[{i}]", f"only text parts are supported (got {kind!r})")
         texts.append(part["text"])
     return "".join(texts)
 
@@ -114,30 +94,18 @@ def _text(content: Any, where: str) -> Any:
 def _message(message: Any, i: int) -> dict[str, Any]:
     where = f"messages[{i}]"
     if not isinstance(message, dict):
-        raise ChatError(400, "invalid_request", f"{where}: must be an object", where)
+        raise errors.invalid_request(where, "must be an object")
     role = message.get("role")
     if role in ("tool", "function"):
-        raise ChatError(
-            400,
-            "unsupported_value",
-            f"{where}.role: {role!r} messages are not supported: the app runs its own tools on the "
-            'server, with "chain": "tools", and never returns tool calls',
+        raise errors.unsupported_value(
             f"{where}.role",
+            f"{role!r} messages are not supported: the app runs its own tools on the server, "
+            'with "chain": "tools", and never returns tool calls',
         )
     if role not in _ROLES:
-        raise ChatError(
-            400,
-            "invalid_request",
-            f"{where}.role: must be one of: {', '.join(_ROLES)}",
-            f"{where}.role",
-        )
+        raise errors.invalid_request(f"{where}.role", f"must be one of: {', '.join(_ROLES)}")
     if message.get("tool_calls") or message.get("function_call"):
-        raise ChatError(
-            400,
-            "unsupported_value",
-            f"{where}.tool_calls: client-side tool calls are not supported",
-            f"{where}.tool_calls",
-        )
+        raise errors.unsupported_value(f"{where}.tool_calls", "client-side tool calls are not supported")
     content = message.get("content")
     if content is None and role == "assistant" and isinstance(message.get("refusal"), str):
         content = message["refusal"]  # an earlier refusal, sent back as history
@@ -159,50 +127,45 @@ def parse_request(body: bytes, limits: Limits, allowed_models: list[str]) -> Ope
     if data is None:
         raise errors.invalid_json("the body is empty")
     if not isinstance(data, dict):
-        raise ChatError(400, "invalid_request", "the request body must be a JSON object")
+        raise errors.invalid_request("body", "must be a JSON object")
     request: dict[str, Any] = {}
     for name, value in data.items():
         if name in _IGNORED or name in ("model", "messages", "stream", "stream_options"):
             continue
         if name in _ONLY_AT_DEFAULT:
             if value is not None and not _ONLY_AT_DEFAULT[name](value):
-                raise _unsupported(name)
+                raise errors.option_not_honoured(name, _WHY.get(name, "this API does not honour it"))
         elif name in ("max_tokens", "max_completion_tokens", "temperature", "reasoning_effort"):
             if value is not None:
                 request[name] = value
         elif name in _OWN_FIELDS:
             request[name] = value
         else:
-            raise ChatError(400, "unknown_parameter", f"Unrecognized request argument supplied: {name}", name)
+            raise errors.invalid_request(name, "unrecognized request argument (not a Chat Completions field)")
     if "max_completion_tokens" in request:
         limit = request.pop("max_completion_tokens")
         if request.get("max_tokens", limit) != limit:
-            raise ChatError(
-                400,
-                "invalid_request",
-                "max_tokens: send max_tokens or max_completion_tokens, not both",
-                "max_tokens",
-            )
+            raise errors.invalid_request("max_tokens", "send max_tokens or max_completion_tokens, not both")
         request["max_tokens"] = limit
     model = data.get("model")
     if model is not None:
         if not isinstance(model, str) or not model:
-            raise ChatError(400, "invalid_request", "model: must be a non-empty string", "model")
+            raise errors.invalid_request("model", "must be a non-empty string")
         if model not in allowed_models:
-            raise model_not_found(model)
+            raise errors.model_not_found(model)
         request["deployments"] = [model]
     stream = data.get("stream")
     request["stream"] = False if stream is None else stream
     options = data.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
-            raise ChatError(400, "invalid_request", "stream_options: must be an object", "stream_options")
+            raise errors.invalid_request("stream_options", "must be an object")
         request["include_usage"] = options.get("include_usage") is True
     messages = data.get("messages")
     if isinstance(messages, list):
         request["messages"] = [_message(m, i) for i, m in enumerate(messages)]
     elif messages is None:
-        raise ChatError(400, "invalid_request", "messages: at least one message is required", "messages")
+        raise errors.invalid_request("messages", "at least one message is required")
     else:
         request["messages"] = messages  # the schema names the problem
     try:
@@ -386,7 +349,7 @@ class OpenAIProtocol:
     def model_response(self, name: str, headers: Mapping[str, str]) -> Response:
         """`GET /v1/models/{model}`: one of them, or 404 `model_not_found`."""
         if name not in self.allowed_models:
-            return error_response(model_not_found(name), headers)
+            return error_response(errors.model_not_found(name), headers)
         return JSONResponse(_model(name), headers=headers)
 
 
