@@ -14,6 +14,7 @@ from chatstream import diagnostics
 from chatstream.endpoint import ChatEndpoint
 from chatstream.openapi import openapi_document
 from chatstream.protocols.ag_ui import AG_UI
+from chatstream.protocols.openai import OpenAIProtocol
 from chatstream.service import ChatService
 from chatstream.settings import Settings
 from webui import ui_assets
@@ -36,6 +37,26 @@ def create_app(settings: Settings) -> func.FunctionApp:
         """POST an AG-UI `RunAgentInput`; AG-UI events stream back as SSE (for `HttpAgent`).
         OPTIONS answers the CORS preflight from the CHAT_CORS_ORIGINS allow-list."""
         return await chat_endpoint.handle(req, AG_UI)
+
+    # OpenAI's Chat Completions API (docs/clients/openai.md): the openai SDKs with baseURL = <app>/api/v1.
+    # The same key as /api/chat; the host takes it as `x-functions-key` or `?code=`, not as a Bearer token.
+    openai = OpenAIProtocol(settings.allowed_deployments)
+    options = [func.HttpMethod.OPTIONS]
+
+    @app.route(route="v1/chat/completions", methods=[func.HttpMethod.POST, *options], auth_level=chat_auth)
+    async def openai_chat_completions(req: Request) -> Response:
+        """OpenAI-compatible chat completions (streamed or not) over the same chains."""
+        return await chat_endpoint.handle(req, openai)
+
+    @app.route(route="v1/models", methods=[func.HttpMethod.GET, *options], auth_level=chat_auth)
+    async def openai_models(req: Request) -> Response:
+        """The deployments a request may name as `model`, in OpenAI's list shape."""
+        return chat_endpoint.read_only(req, openai.models_response)
+
+    @app.route(route="v1/models/{model}", methods=[func.HttpMethod.GET, *options], auth_level=chat_auth)
+    async def openai_model(req: Request) -> Response:
+        """One allowed deployment, or OpenAI's 404 `model_not_found`."""
+        return chat_endpoint.read_only(req, lambda h: openai.model_response(req.path_params["model"], h))
 
     # The reference chat page. Anonymous: it holds no secrets; its chat calls carry the key themselves.
     @app.route(route="ui", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.ANONYMOUS)

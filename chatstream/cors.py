@@ -9,9 +9,22 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-ALLOWED_METHODS = "POST, OPTIONS"
-#: Request headers a browser client may send; anything else in a preflight is refused.
-ALLOWED_HEADERS = frozenset({"content-type", "accept", "authorization", "x-functions-key", "last-event-id"})
+#: Request headers a browser client may send; anything else in a preflight is refused. Beyond our own:
+#: what the openai SDKs send (`authorization`, `openai-organization`/`-project` when configured, and a
+#: growing family of `x-stainless-*` telemetry headers, allowed by prefix) and Azure SDKs' `x-ms-useragent`.
+ALLOWED_HEADERS = frozenset(
+    {
+        "content-type",
+        "accept",
+        "authorization",
+        "x-functions-key",
+        "last-event-id",
+        "x-ms-useragent",
+        "openai-organization",
+        "openai-project",
+    }
+)
+ALLOWED_HEADER_PREFIXES = ("x-stainless-",)
 #: Response headers a browser script may read.
 EXPOSED_HEADERS = "X-Request-Id, Retry-After"
 PREFLIGHT_MAX_AGE = "600"
@@ -37,9 +50,11 @@ class CorsPolicy:
             "Vary": "Origin",
         }
 
-    def preflight(self, request: Request, request_id: str) -> Response:
-        """204 with the grant, or 403 (no CORS headers) for an origin, method or header not allowed."""
-        base = {"X-Request-Id": request_id, "Allow": ALLOWED_METHODS, "Vary": "Origin"}
+    def preflight(self, request: Request, request_id: str, methods: tuple[str, ...] = ("POST",)) -> Response:
+        """204 with the grant, or 403 (no CORS headers) for an origin, method or header not allowed.
+        `methods`: what the route answers besides OPTIONS."""
+        allowed_methods = ", ".join((*methods, "OPTIONS"))
+        base = {"X-Request-Id": request_id, "Allow": allowed_methods, "Vary": "Origin"}
         origin = request.headers.get("origin")
         method = request.headers.get("access-control-request-method")
         if origin is None or method is None:  # a plain OPTIONS, not a browser preflight
@@ -48,14 +63,14 @@ class CorsPolicy:
             h.strip().lower() for h in request.headers.get("access-control-request-headers", "").split(",")
         ]
         wanted = [h for h in wanted if h]
-        if not self.allows(origin) or method.upper() not in ("POST", "OPTIONS"):
+        if not self.allows(origin) or method.upper() not in (*methods, "OPTIONS"):
             return Response(status_code=403, headers=base)
-        if any(h not in ALLOWED_HEADERS for h in wanted):
+        if any(h not in ALLOWED_HEADERS and not h.startswith(ALLOWED_HEADER_PREFIXES) for h in wanted):
             return Response(status_code=403, headers=base)
         headers = {
             **base,
             "Access-Control-Allow-Origin": "*" if self.any_origin else origin,
-            "Access-Control-Allow-Methods": ALLOWED_METHODS,
+            "Access-Control-Allow-Methods": allowed_methods,
             "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
         }
         if wanted:

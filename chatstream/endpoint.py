@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -165,6 +165,16 @@ class ChatEndpoint:
         except Exception:
             log.exception("chat request failed request_id=%s", request_id)
             return protocol.error_response(errors.internal_error(), headers)
+
+    def read_only(self, request: Request, respond: Callable[[Mapping[str, str]], Response]) -> Response:
+        """A GET route under the same CORS allow-list (its preflight included); `respond` gets the
+        headers every answer carries."""
+        request_id = request_id_for(request)
+        if request.method == "OPTIONS":
+            return self.cors.preflight(request, request_id, methods=("GET",))
+        return respond(
+            {"X-Request-Id": request_id, "Cache-Control": "no-cache", **self.cors.headers(request)}
+        )
 
     def catalog(self, request: Request) -> Response:
         """The chains and deployments a request may name; `no-cache` so a changed setting shows at once."""

@@ -224,3 +224,28 @@ def threads_unsupported(chain: str) -> ChatError:
         f"thread_id: chain {chain!r} keeps no conversation threads; send the whole conversation instead",
         param="thread_id",
     )
+
+
+# -- protocol translations (chatstream/protocols) -------------------------------------------------
+
+
+def unsupported_value(param: str, problem: str) -> ChatError:
+    """A value a protocol's request translation cannot carry (a tool message, an image part)."""
+    return ChatError(400, "unsupported_value", f"{param}: {problem}", param=param)
+
+
+def option_not_honoured(param: str, why: str) -> ChatError:
+    """An option of another protocol the app would not honour: refused, never silently dropped."""
+    return ChatError(
+        400, "unsupported_parameter", f"{param}: not supported: {why}; leave it out", param=param
+    )
+
+
+def model_not_found(model: str) -> ChatError:
+    """OpenAI's answer (status, code and words) for a `model` outside the deployment allow-list."""
+    return ChatError(
+        404,
+        "model_not_found",
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+    )

@@ -264,4 +264,8 @@ def test_function_registration_route_methods_and_auth_level():
         "ui": ("ui", ["GET"], "anonymous"),
         "ui_asset": ("ui/{name}", ["GET"], "anonymous"),
         "openapi": ("openapi.json", ["GET"], "anonymous"),
+        # The OpenAI-compatible API takes the same key as the chat route.
+        "openai_chat_completions": ("v1/chat/completions", ["OPTIONS", "POST"], "function"),
+        "openai_models": ("v1/models", ["GET", "OPTIONS"], "function"),
+        "openai_model": ("v1/models/{model}", ["GET", "OPTIONS"], "function"),
     }

@@ -4,5 +4,6 @@ endpoint, the runs and the response are shared. See docs/protocol.md for each on
 
 from chatstream.protocols.base import ChatProtocol, StreamEncoder
 from chatstream.protocols.native import NATIVE, NativeProtocol
+from chatstream.protocols.openai import OpenAIProtocol
 
-__all__ = ["NATIVE", "ChatProtocol", "NativeProtocol", "StreamEncoder"]
+__all__ = ["NATIVE", "ChatProtocol", "NativeProtocol", "OpenAIProtocol", "StreamEncoder"]
