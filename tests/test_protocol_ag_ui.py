@@ -410,7 +410,7 @@ def test_text_turns_become_the_conversation_and_the_rest_is_left_out():
         ("assistant", "4."),
         ("user", "And 3+3?"),
     ]
-    assert chat.stream is True and (chat.thread_id, chat.run_id) == ("t", "r")
+    assert chat.stream is True and (chat.ag_ui_thread_id, chat.run_id, chat.thread_id) == ("t", "r", None)
 
 
 def test_forwarded_props_carry_our_options_and_the_applications_keys_are_ignored():

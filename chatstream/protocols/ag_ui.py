@@ -68,9 +68,11 @@ class RunAgentInput(BaseModel):
 
 
 class AgUiChatRequest(ChatRequest):
-    """The chat request plus the ids every run event echoes."""
+    """The chat request plus the ids every run event echoes. AG-UI's `threadId` names the client's
+    conversation, whose whole history the client sends each run: it is echoed, not used as a server-side
+    conversation thread (`ChatRequest.thread_id`)."""
 
-    thread_id: str
+    ag_ui_thread_id: str
     run_id: str
 
 
@@ -173,7 +175,7 @@ def parse_request(body: bytes, limits: Limits) -> AgUiChatRequest:
         raise errors.from_validation_error(exc) from None
     messages, origins = _conversation(run)
     data: dict[str, Any] = {"messages": messages, **_options(run.forwarded_props)}
-    data |= {"thread_id": run.thread_id, "run_id": run.run_id}
+    data |= {"ag_ui_thread_id": run.thread_id, "run_id": run.run_id}
     try:
         return AgUiChatRequest.model_validate(data, strict=True, context={"limits": limits})
     except ValidationError as exc:
@@ -415,7 +417,7 @@ class AgUiProtocol:
     def encoder(self, request: Request, chat: ChatRequest) -> AgUiEncoder:
         """Always SSE: HttpAgent asks for it and picks its parser by the response's content type."""
         assert isinstance(chat, AgUiChatRequest)
-        return AgUiEncoder(chat.thread_id, chat.run_id)
+        return AgUiEncoder(chat.ag_ui_thread_id, chat.run_id)
 
     def answer_response(
         self, answer: dict[str, Any], request: ChatRequest, headers: dict[str, str]
