@@ -13,7 +13,9 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from chatstream import diagnostics
 from chatstream.endpoint import ChatEndpoint
 from chatstream.openapi import openapi_document
+from chatstream.protocols import NATIVE
 from chatstream.protocols.ag_ui import AG_UI
+from chatstream.protocols.ai_sdk import AI_SDK, no_stream_to_resume
 from chatstream.protocols.openai import OpenAIProtocol
 from chatstream.service import ChatService
 from chatstream.settings import Settings
@@ -29,8 +31,16 @@ def create_app(settings: Settings) -> func.FunctionApp:
     @app.route(route="chat", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth)
     async def chat(req: Request) -> Response:
         """POST a chat request; the answer streams back as SSE (or NDJSON, or one JSON object).
+        A Vercel AI SDK body (`messages[].parts`, `trigger`) gets the AI SDK's UI message stream.
         OPTIONS answers the CORS preflight from the CHAT_CORS_ORIGINS allow-list."""
-        return await chat_endpoint.handle(req)
+        return await chat_endpoint.handle(req, AI_SDK, NATIVE)
+
+    @app.route(
+        route="chat/{id}/stream", methods=[func.HttpMethod.GET, func.HttpMethod.OPTIONS], auth_level=chat_auth
+    )
+    async def chat_resume(req: Request) -> Response:
+        """The AI SDK's resume probe: 204, there is no stream to resume (streams are not resumable)."""
+        return chat_endpoint.read_only(req, no_stream_to_resume)
 
     @app.route(route="ag-ui", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth)
     async def ag_ui(req: Request) -> Response:
