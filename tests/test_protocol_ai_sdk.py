@@ -545,6 +545,7 @@ def test_e2e_content_filter_is_an_error_part(app: ThreadServer) -> None:
 
 
 def test_e2e_heartbeats_are_sse_comments(app: ThreadServer) -> None:
+    """Slow by design (1.5 s): the simulator holds the first token that long, so heartbeats flow."""
     got, pings = wire(post(app, body(ui("user", text("slowly [sim:slow-first-token=1500]")))))
     assert pings >= 1
     assert got[-2]["finishReason"] == "stop"
@@ -554,6 +555,7 @@ def test_e2e_errors_before_the_stream_are_json_with_the_status(app: ThreadServer
     bad = post(app, body(ui("user", {"type": "file", "mediaType": "image/png", "url": "data:,"})))
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "messages[0].parts[0]"
+    assert bad.json()["error"]["code"] == "unsupported_value"
     assert bad.headers["x-request-id"]
     limited = post(app, body(ui("user", text("busy [sim:429]"))))
     assert limited.status_code == 429

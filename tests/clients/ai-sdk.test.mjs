@@ -198,7 +198,7 @@ test("a 400 before the stream: the transport throws with our JSON error naming t
   const file = { id: "u1", role: "user", parts: [{ type: "file", mediaType: "image/png", url: "data:," }] };
   await assert.rejects(assemble(transport, [file]), (error) => {
     const body = JSON.parse(error.message);
-    assert.equal(body.error.code, "invalid_request");
+    assert.equal(body.error.code, "unsupported_value");
     assert.equal(body.error.param, "messages[0].parts[0]");
     assert.match(body.error.message, /file parts are not supported/);
     return true;
