@@ -268,4 +268,6 @@ def test_function_registration_route_methods_and_auth_level():
         "openai_chat_completions": ("v1/chat/completions", ["OPTIONS", "POST"], "function"),
         "openai_models": ("v1/models", ["GET", "OPTIONS"], "function"),
         "openai_model": ("v1/models/{model}", ["GET", "OPTIONS"], "function"),
+        # The AI SDK's resume probe (always 204), keyed like the chat route its transport also calls.
+        "chat_resume": ("chat/{id}/stream", ["GET", "OPTIONS"], "function"),
     }
