@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from aoai_simulator import SimulatorHandle
+from chatstream import errors
 from chatstream.errors import ChatError
 from chatstream.protocols.ai_sdk import AI_SDK, UIMessageStreamEncoder, claims, parse_request
 from chatstream.schema import Limits
@@ -115,9 +116,7 @@ def test_assistant_tool_parts_are_dropped_from_history() -> None:
 
 def test_our_options_ride_along_as_extra_body_fields() -> None:
     request = parse_request(
-        dumps(
-            body(ui("user", text("q")), chain="tools", max_tokens=5, temperature=0.5, deployments=["gpt-4o"])
-        ),
+        dumps(body(ui("user", text("q")), chain="tools", max_tokens=5, temperature=0.5, deployment="gpt-4o")),
         Limits(),
     )
     assert (request.chain, request.max_tokens, request.temperature, request.deployments) == (
@@ -144,9 +143,8 @@ def _rejected(payload: Any, limits: Limits | None = None) -> ChatError:
             "file",
         ),
         (body(ui("user", text(""))), "messages[0].parts", "no text"),
-        (body(ui("user", text("q")), chian="tools"), "chian", "Extra inputs"),
-        (body(ui("user", text("q")), stream=False), "stream", "Extra inputs"),
-        (body(ui("user", text("q")), deployments=["a", "b"]), "deployments", "at most one"),
+        (body(ui("user", text("q")), deployments=["a", "b"]), "deployments", "send `deployment`"),
+        (body(ui("user", text("q")), deployment=["a"]), "deployment", "string"),
         (body(ui("user", text("q")), chain=7), "chain", "string"),
         (body(ui("tool", text("q"))), "messages[0].role", "user"),
         (body(ui("user", {"text": "no type"})), "messages[0].parts[0].type", "required"),
@@ -166,6 +164,20 @@ def test_bad_bodies_are_400_naming_the_field(payload: dict[str, Any], param: str
     assert error.param == param
     assert error.message.startswith(f"{param}: ")
     assert words in error.message
+
+
+def test_unknown_fields_are_ignored() -> None:
+    """A newer SDK's own additions must not become 400s (unlike the native request, which is ours)."""
+    request = parse_request(dumps(body(ui("user", text("q")), chian="tools", future={"x": 1})), Limits())
+    assert request.chain is None
+
+
+def test_an_unknown_deployment_names_the_deployment_field() -> None:
+    """The allow-list is the service's check, after parsing: the protocol's error shape renames it."""
+    response = AI_SDK.error_response(errors.unknown_deployment(["nope"], ["gpt-4o-mini"]), {})
+    error = json.loads(bytes(response.body))["error"]
+    assert (response.status_code, error["code"], error["param"]) == (400, "unknown_deployment", "deployment")
+    assert error["message"].startswith("deployment: 'nope' not allowed")
 
 
 def test_limit_errors_name_the_ai_sdk_message_they_are_about() -> None:
@@ -480,6 +492,7 @@ def app(fault_simulator: SimulatorHandle) -> Iterator[ThreadServer]:
         AZURE_OPENAI_ENDPOINT=fault_simulator.url,
         AZURE_OPENAI_API_KEY="test-key-not-secret",
         AZURE_OPENAI_DEPLOYMENT="gpt-4o-mini",
+        CHAT_DEPLOYMENTS="gpt-4o",
         CHAT_UPSTREAM_MAX_RETRIES=0,
         CHAT_FIRST_EVENT_WAIT_SECONDS=0.3,
         CHAT_HEARTBEAT_SECONDS=0.2,
@@ -571,6 +584,18 @@ def test_e2e_chain_option_and_cors(app: ThreadServer) -> None:
     assert (available["toolName"], available["input"]) == ("calculator", {"expression": "12 * (3 + 4)"})
     output = next(c for c in got if c["type"] == "tool-output-available")
     assert (output["toolCallId"], output["output"]) == (available["toolCallId"], "84")
+
+
+def test_e2e_one_deployment_by_name(app: ThreadServer) -> None:
+    got, _ = wire(post(app, body(ui("user", text("hi")), deployment="gpt-4o")))
+    assert got[0]["messageMetadata"]["deployment"] == "gpt-4o"
+    assert got[-2]["messageMetadata"]["deployment"] == "gpt-4o"
+    refused = post(app, body(ui("user", text("hi")), deployment="gpt-5"))
+    assert refused.status_code == 400
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == (
+        "unknown_deployment",
+        "deployment",
+    )
 
 
 def test_e2e_native_requests_are_unaffected(app: ThreadServer) -> None:

@@ -30,8 +30,9 @@ from chatstream.schema import ChatRequest, Limits
 UI_MESSAGE_STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 
 #: Request options of ours a caller may add to the AI SDK body (`DefaultChatTransport({body})` or
-#: `sendMessage(message, {body})`); they mean what they mean in the native request.
-OPTIONS = ("chain", "deployments", "max_tokens", "temperature", "reasoning_effort")
+#: `sendMessage(message, {body})`); they mean what they mean in the native request. Besides these,
+#: `deployment` names one allowed deployment (the native `deployments`, with one name).
+OPTIONS = ("chain", "max_tokens", "temperature", "reasoning_effort")
 
 #: Native `finish_reason` -> the AI SDK's `finishReason`.
 FINISH_REASONS = {
@@ -63,15 +64,18 @@ class _UIMessage(BaseModel):
 
 
 class _Body(BaseModel):
-    """The transport's body plus our options; other fields are refused, as in the native request."""
+    """The transport's body plus our options. Other fields are ignored, unlike in the native request:
+    the SDK adds fields of its own from version to version, and one more must not turn into a 400."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str | None = None
     messages: list[_UIMessage] = Field(min_length=1)
     trigger: Literal["submit-message", "regenerate-message"] | None = None
     messageId: str | None = None
     chain: Any = None
+    deployment: Any = None
+    #: Refused rather than ignored: several deployments answering cannot be one UI message.
     deployments: Any = None
     max_tokens: Any = None
     temperature: Any = None
@@ -110,22 +114,28 @@ def _text_of(index: int, message: _UIMessage) -> str:
     return "\n\n".join(texts)
 
 
-_CONTENT_PARAM = re.compile(r"messages\[(\d+)\]\.content")
+#: A native request's field -> the AI SDK body's: message content is in parts, one deployment is named.
+_NATIVE_PARAM = re.compile(r"^messages\[(\d+)\]\.content|^deployments(?:\[0\])?")
 
 
-def _renamed(error: ChatError, origin: list[int]) -> ChatError:
-    """A native error about `messages[k].content` said about the AI SDK message it came from."""
-    if error.param is None or not _CONTENT_PARAM.search(error.param):
+def as_sent(error: ChatError, origin: list[int] | None = None) -> ChatError:
+    """A native error about `messages[k].content` or `deployments` said about the field the caller
+    sent: the k-th translated message's UI message (`origin[k]`), `deployment`."""
+    if error.param is None:
         return error
-
-    def rename(match: re.Match[str]) -> str:
-        return f"messages[{origin[int(match.group(1))]}].parts"
-
-    return dataclasses.replace(
-        error,
-        param=_CONTENT_PARAM.sub(rename, error.param),
-        message=_CONTENT_PARAM.sub(rename, error.message),
-    )
+    match = _NATIVE_PARAM.match(error.param)
+    if match is None:
+        return error
+    if match.group(1) is None:
+        param = "deployment" + error.param[match.end() :]
+    elif origin is None:
+        return error
+    else:
+        param = f"messages[{origin[int(match.group(1))]}].parts" + error.param[match.end() :]
+    message = error.message
+    if message.startswith(error.param):
+        message = param + message[len(error.param) :]
+    return dataclasses.replace(error, param=param, message=message)
 
 
 def parse_request(body: bytes, limits: Limits) -> ChatRequest:
@@ -137,10 +147,9 @@ def parse_request(body: bytes, limits: Limits) -> ChatRequest:
         envelope = _Body.model_validate_json(body, strict=True)
     except ValidationError as exc:
         raise errors.from_validation_error(exc) from None
-    deployments = envelope.deployments
-    if isinstance(deployments, list) and len(deployments) > 1:
-        raise errors.invalid_request(
-            "deployments", "a UI message stream carries one answer; name at most one deployment"
+    if "deployments" in envelope.model_fields_set:
+        raise errors.option_not_honoured(
+            "deployments", "a UI message stream carries one answer (send `deployment` with one name)"
         )
     messages: list[dict[str, str]] = []
     origin: list[int] = []
@@ -155,10 +164,12 @@ def parse_request(body: bytes, limits: Limits) -> ChatRequest:
     native_body.update(
         (name, getattr(envelope, name)) for name in OPTIONS if name in envelope.model_fields_set
     )
+    if envelope.deployment is not None:
+        native_body["deployments"] = [envelope.deployment]
     try:
         return native.parse_request(orjson.dumps(native_body), limits)
     except ChatError as error:
-        raise _renamed(error, origin) from None
+        raise as_sent(error, origin) from None
 
 
 def _sse(chunk: dict[str, Any]) -> bytes:
@@ -394,8 +405,11 @@ class AiSdkProtocol:
         return JSONResponse(answer, headers=headers)
 
     def error_response(self, error: ChatError, headers: dict[str, str]) -> Response:
-        """The native JSON error body: the transport throws `new Error(await response.text())`, so
-        `chat.error.message` is this JSON, readable and parseable for its `code` and `retryable`."""
+        """The native JSON error body (`param` as the AI SDK body names it). The transport throws
+        `new Error(await response.text())`, so `chat.error.message` is this JSON: readable, and
+        parseable for its `code` and `retryable` (the status itself does not reach the page)."""
+        if error.code == "unknown_deployment":  # the service's check, after `parse`
+            error = as_sent(error)
         return native.error_response(error, headers)
 
 

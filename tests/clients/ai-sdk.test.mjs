@@ -130,6 +130,13 @@ test("regenerate sends trigger regenerate-message and replaces the answer", asyn
   assert.match(text(chat.messages[1]), /say it twice/);
 });
 
+test("our options ride in the transport's body: one deployment by name", async () => {
+  const chat = new Chat({ transport: new DefaultChatTransport({ api: API, body: { deployment: "gpt-4o" } }) });
+  await chat.sendMessage({ text: "which one answers?" });
+  assert.equal(chat.status, "ready", chat.error?.message);
+  assert.equal(chat.messages[1].metadata.deployment, "gpt-4o");
+});
+
 test("tools: the chain's server-side calls become tool parts with input and output", async () => {
   const chat = new Chat({ transport: new DefaultChatTransport({ api: API, body: { chain: "tools" } }) });
   await chat.sendMessage({ text: "What is 12 * (3 + 4)?" });
