@@ -45,10 +45,12 @@ $(CLIENTS_STAMP): tests/clients/package.json tests/clients/package-lock.json
 
 clients: $(CLIENTS_STAMP)
 
+# Two workers, one test file each at a time (--dist loadfile keeps a file's shared apps in one worker):
+# most tests wait on sockets and timeouts, so two workers fit a 2-core machine.
 test: $(STAMP) browser clients
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
