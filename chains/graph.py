@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.runnables import Runnable, RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.pregel import Pregel
 
 from chains.errors import ChainFailure
 from chains.registry import ChatInput
+
+if TYPE_CHECKING:  # LangGraph is imported by whoever builds a graph, not by every cold start
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+    from langgraph.pregel import Pregel
 
 STREAM_MODES = ["messages", "updates", "custom"]
 #: Longest tool result shown in a `tool_result` event (what the model got is the tool's business).
@@ -217,6 +220,7 @@ class GraphChain(Runnable[ChatInput, Any]):
 
 def as_chain(runnable: Runnable, **options: Any) -> Runnable:
     """A registered chain as the runner streams it: a compiled graph gets the adapter, the rest as is."""
-    if isinstance(runnable, Pregel):
+    pregel = sys.modules.get("langgraph.pregel")  # no graph can exist before LangGraph is imported
+    if pregel is not None and isinstance(runnable, pregel.Pregel):
         return GraphChain(runnable, **options)
     return runnable

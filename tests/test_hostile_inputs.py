@@ -23,7 +23,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from aoai_simulator.placement import azure_marker
 from chains.example_tools import example_tools
 from chains.registry import ChainContext
-from chains.tools import build_tool_agent
+from chains.tools_agent import build_tool_agent
 from chatstream import encoding
 from chatstream.upstream import MAX_RETRY_AFTER_SECONDS, _retry_after, retry_after_header
 from funchost.testing import free_port

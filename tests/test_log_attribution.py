@@ -24,7 +24,7 @@ from chatstream import logcontext
 from funchost import worker
 from funchost.testing import SubprocessServer, serve_in_thread
 from tests.conftest import FAULT_APP_ENV, start_app
-from tests.test_telemetry import Ingestion
+from tests.test_telemetry import Ingestion, loopback_exporter_env
 
 TIMEOUT = httpx.Timeout(30.0)
 LINE = re.compile(
@@ -151,15 +151,7 @@ def test_exported_records_carry_the_request_id_and_the_runs_operation(fault_simu
     app = start_app(
         AZURE_OPENAI_ENDPOINT=fault_simulator.url,
         **FAULT_APP_ENV,
-        APPLICATIONINSIGHTS_CONNECTION_STRING=(
-            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-            f"IngestionEndpoint={server.url}/;LiveEndpoint={server.url}/"
-        ),
-        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
-        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otel",
-        OTEL_BSP_SCHEDULE_DELAY="200",
-        OTEL_BLRP_SCHEDULE_DELAY="200",
-        OTEL_TRACES_SAMPLER="always_on",
+        **loopback_exporter_env(server.url),
     )
     try:
         # A 503 first: the retry's warning is written in the function body, the outcome while streaming.

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from aoai_simulator import SimulatorHandle
+from chatstream import events
 from chatstream.errors import ChatError
 from chatstream.protocols.ag_ui import AG_UI, AgUiEncoder, parse_request
 from chatstream.schema import Limits
@@ -126,41 +127,21 @@ START = {"type": "start", "id": "req-1", "chain": "chat", "deployment": "d", "cr
 USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 
 
+# The runner's own event builders, so the encoder is tested on exactly what the runner sends.
 def end(finish_reason: str = "stop", usage: dict[str, int] | None = USAGE) -> dict[str, Any]:
-    return {
-        "type": "end",
-        "id": "req-1",
-        "deployment": "d",
-        "model": "m-1",
-        "finish_reason": finish_reason,
-        "usage": usage,
-    }
+    return events.end("req-1", "d", "m-1", finish_reason, usage)
 
 
 def delta(text: str) -> dict[str, Any]:
-    return {"type": "delta", "deployment": "d", "delta_content": text}
+    return events.delta("d", text)
 
 
 def tool_delta(index: int, call_id: str | None, name: str | None, args: str) -> dict[str, Any]:
-    return {
-        "type": "tool_call_delta",
-        "deployment": "d",
-        "index": index,
-        "id": call_id,
-        "name": name,
-        "arguments_delta": args,
-    }
+    return events.tool_call_delta("d", index, call_id, name, args)
 
 
 def tool_call(index: int, call_id: str, name: str, args: str) -> dict[str, Any]:
-    return {
-        "type": "tool_call",
-        "deployment": "d",
-        "index": index,
-        "id": call_id,
-        "name": name,
-        "arguments": args,
-    }
+    return events.tool_call("d", index, call_id, name, args)
 
 
 def encode(*native: dict[str, Any], close: bool = True) -> list[dict[str, Any]]:

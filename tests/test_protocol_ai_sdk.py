@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from aoai_simulator import SimulatorHandle
-from chatstream import errors
+from chatstream import errors, events
 from chatstream.errors import ChatError
 from chatstream.protocols.ai_sdk import AI_SDK, UIMessageStreamEncoder, claims, parse_request
 from chatstream.schema import Limits
@@ -229,7 +229,8 @@ END = {
 
 
 def delta(content: str) -> dict[str, Any]:
-    return {"type": "delta", "deployment": "d", "delta_content": content}
+    """The runner's own builder, so the encoder is tested on exactly what the runner sends."""
+    return events.delta("d", content)
 
 
 def test_text_stream() -> None:
@@ -273,14 +274,7 @@ def test_refusal_is_text_in_a_part_of_its_own() -> None:
 
 
 def tool_delta(index: int, call_id: str | None, name: str | None, args: str) -> dict[str, Any]:
-    return {
-        "type": "tool_call_delta",
-        "deployment": "d",
-        "index": index,
-        "id": call_id,
-        "name": name,
-        "arguments_delta": args,
-    }
+    return events.tool_call_delta("d", index, call_id, name, args)
 
 
 def test_tool_calls_stream_by_id_with_parsed_input_then_output() -> None:

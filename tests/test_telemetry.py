@@ -53,23 +53,29 @@ class Ingestion:
         ]
 
 
+def loopback_exporter_env(ingestion_url: str) -> dict[str, str]:
+    """Application Insights export to a local ingestion server: no statsbeat, no cloud metadata probes,
+    every trace sampled (the distro samples by rate by default), exported quickly."""
+    return {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": (
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            f"IngestionEndpoint={ingestion_url}/;LiveEndpoint={ingestion_url}/"
+        ),
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BLRP_SCHEDULE_DELAY": "200",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+
+
 def test_each_chat_request_is_exported_as_one_span_with_stream_metrics(paced_simulator):
     ingestion = Ingestion()
     server = serve_in_thread(Starlette(routes=[Route("/{path:path}", ingestion.track, methods=["POST"])]))
     app = start_app(
         AZURE_OPENAI_ENDPOINT=paced_simulator.url,
         AZURE_OPENAI_API_KEY="test-key",
-        APPLICATIONINSIGHTS_CONNECTION_STRING=(
-            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-            f"IngestionEndpoint={server.url}/;LiveEndpoint={server.url}/"
-        ),
-        # Keep the exporter on loopback: no statsbeat, no cloud metadata probes; export quickly.
-        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
-        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otel",
-        OTEL_BSP_SCHEDULE_DELAY="200",
-        OTEL_BLRP_SCHEDULE_DELAY="200",
-        # The distro samples by rate by default, which may drop the first traces of a new process.
-        OTEL_TRACES_SAMPLER="always_on",
+        **loopback_exporter_env(server.url),
     )
     try:
         response = httpx.post(f"{app.url}/api/chat", json={"user": "trace me", "max_tokens": 9}, timeout=30)
