@@ -748,7 +748,8 @@ def test_records_written_while_streaming_get_the_last_started_invocation_id(work
             assert next(chunks) == "data: waiting\n\n"
             other_id = c.get("/api/other").json()["id"]
             assert "".join(chunks) == "data: end\n\n"
-    line = worker_app.output.splitlines()[_line_index(worker_app, f"streaming {waiting_id} after")]
+    index = _line_index(worker_app, f"streaming {waiting_id} after")  # waits for the line to be drained
+    line = worker_app.output.splitlines()[index]
     assert f"[{other_id}] INFO app: streaming {waiting_id}" in line
 
 
