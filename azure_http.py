@@ -13,10 +13,8 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from chatstream import diagnostics
 from chatstream.endpoint import ChatEndpoint
 from chatstream.openapi import openapi_document
-from chatstream.protocols import NATIVE
-from chatstream.protocols.ag_ui import AG_UI
-from chatstream.protocols.ai_sdk import AI_SDK, no_stream_to_resume
-from chatstream.protocols.openai import OpenAIProtocol
+from chatstream.protocols import AG_UI, AI_SDK, NATIVE, OpenAIProtocol
+from chatstream.protocols.ai_sdk import no_stream_to_resume
 from chatstream.service import ChatService
 from chatstream.settings import Settings
 from webui import ui_assets
