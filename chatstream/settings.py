@@ -77,6 +77,29 @@ class Settings(BaseSettings):
     #: reasoning model takes. Add `minimal` (gpt-5, gpt-5-mini), `none`/`xhigh` (gpt-5.1 and later).
     reasoning_efforts: str = Field("low,medium,high", alias="CHAT_REASONING_EFFORTS")
 
+    # Resumable streams (docs/protocol.md "Resuming a stream").
+    #: Every stream is resumable unless the request says `"resumable": false` (default: only those that
+    #: ask with `"resumable": true`).
+    resumable: bool = Field(False, alias="CHAT_RESUMABLE")
+    #: How long a resumable run goes on with nobody reading it (the client left), waiting for a resume.
+    resume_grace_seconds: float = Field(30.0, ge=0, alias="CHAT_RESUME_GRACE_SECONDS")
+    #: How long a stream's events stay readable, counted from its start (memory and the shared store).
+    resume_ttl_seconds: float = Field(600.0, gt=0, alias="CHAT_RESUME_TTL_SECONDS")
+    #: Events kept per stream; past this the stream goes on but can no longer be resumed (410).
+    resume_max_bytes: int = Field(1024 * 1024, ge=1024, alias="CHAT_RESUME_MAX_BYTES")
+    #: Resumable streams one instance keeps in memory; the oldest finished ones go first.
+    resume_max_streams: int = Field(1000, ge=1, alias="CHAT_RESUME_MAX_STREAMS")
+    #: `memory` (one instance) or `blob`: Azure Blob Storage shared by every instance, so a resume or a
+    #: stop reaches a stream running on another one.
+    stream_store: Literal["memory", "blob"] = Field("memory", alias="CHAT_STREAM_STORE")
+    #: The blob service URL (keyless: the app's managed identity), e.g. https://<account>.blob.core.windows.net
+    stream_store_url: str | None = Field(None, alias="CHAT_STREAM_STORE_URL")
+    #: Instead of the URL, a connection string (Azurite locally); never logged.
+    stream_store_connection_string: str | None = Field(None, alias="CHAT_STREAM_STORE_CONNECTION_STRING")
+    stream_store_container: str = Field("chat-streams", alias="CHAT_STREAM_STORE_CONTAINER")
+    #: How often a stream on another instance is checked for new events, a stop or a reader.
+    stream_store_poll_seconds: float = Field(0.25, gt=0, le=5, alias="CHAT_STREAM_STORE_POLL_SECONDS")
+
     # The embedded simulated deployment, used when no model endpoint is configured.
     simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
     simulator_token_delay_ms: float = Field(30.0, ge=0, alias="SIMULATOR_TOKEN_DELAY_MS")
@@ -97,7 +120,14 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="CHAT_LOG_LEVEL")
 
-    @field_validator("azure_openai_endpoint", "openai_base_url", "azure_openai_api_key", "openai_api_key")
+    @field_validator(
+        "azure_openai_endpoint",
+        "openai_base_url",
+        "azure_openai_api_key",
+        "openai_api_key",
+        "stream_store_url",
+        "stream_store_connection_string",
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         """`func start` and app settings often carry empty strings for 'not set'."""
