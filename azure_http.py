@@ -14,9 +14,10 @@ from chatstream import diagnostics
 from chatstream.endpoint import ChatEndpoint
 from chatstream.openapi import openapi_document
 from chatstream.protocols import AG_UI, AI_SDK, NATIVE, OpenAIProtocol
-from chatstream.protocols.ai_sdk import no_stream_to_resume
+from chatstream.resumable import ResumableStreams
 from chatstream.service import ChatService
 from chatstream.settings import Settings
+from chatstream.stream_store import open_stream_store
 from webui import ui_assets
 
 
@@ -24,7 +25,8 @@ def create_app(settings: Settings) -> func.FunctionApp:
     # A key is required unless anonymous access is chosen explicitly (CHAT_ALLOW_ANONYMOUS=true).
     chat_auth = func.AuthLevel.ANONYMOUS if settings.allow_anonymous else func.AuthLevel.FUNCTION
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-    chat_endpoint = ChatEndpoint(ChatService.from_settings(settings))
+    service = ChatService.from_settings(settings)
+    chat_endpoint = ChatEndpoint(service, ResumableStreams(settings, open_stream_store(settings)), [AI_SDK])
 
     @app.route(route="chat", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth)
     async def chat(req: Request) -> Response:
@@ -37,8 +39,16 @@ def create_app(settings: Settings) -> func.FunctionApp:
         route="chat/{id}/stream", methods=[func.HttpMethod.GET, func.HttpMethod.OPTIONS], auth_level=chat_auth
     )
     async def chat_resume(req: Request) -> Response:
-        """The AI SDK's resume probe: 204, there is no stream to resume (streams are not resumable)."""
-        return chat_endpoint.read_only(req, no_stream_to_resume)
+        """Resume a resumable stream after `Last-Event-ID` (id: the request id, or an AI SDK chat id,
+        whose `resumeStream` gets 204 when its chat has no running stream)."""
+        return await chat_endpoint.resume(req)
+
+    @app.route(
+        route="chat/{id}/stop", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth
+    )
+    async def chat_stop(req: Request) -> Response:
+        """Stop a running stream: it ends with `finish_reason: "cancelled"` and the usage so far."""
+        return await chat_endpoint.stop(req)
 
     @app.route(route="ag-ui", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth)
     async def ag_ui(req: Request) -> Response:

@@ -39,6 +39,28 @@ class WireFormat:
 
 
 SSE = WireFormat("text/event-stream", b"data: ", b"\n\n", SSE_DONE, SSE_HEARTBEAT)
+
+
+class NumberedSSE:
+    """SSE with an `id:` on every event, its position in the stream (0, 1, ...): what a client sends
+    back as `Last-Event-ID` to resume after it. One per response (it counts)."""
+
+    media_type = SSE.media_type
+    heartbeat = SSE_HEARTBEAT
+    headers: Mapping[str, str] = {}
+
+    def __init__(self, first_id: int = 0) -> None:
+        self.next_id = first_id
+
+    def encode(self, event: Event) -> bytes:
+        number = self.next_id
+        self.next_id = number + 1
+        return b"id: %d\ndata: %b\n\n" % (number, _dumps(event))
+
+    def close(self) -> bytes:
+        return SSE_DONE
+
+
 #: NDJSON has no comment syntax; its keep-alive is a blank line, which NDJSON readers skip (a
 #: `{"type":"heartbeat"}` object, as sent before, surprised readers that expect only events).
 NDJSON = WireFormat("application/x-ndjson", b"", b"\n", b"", b"\n")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -21,9 +22,12 @@ from chatstream.cors import CorsPolicy
 from chatstream.errors import ChatError
 from chatstream.events import Event
 from chatstream.protocols import NATIVE, ChatProtocol, StreamEncoder
+from chatstream.protocols.base import ResumableProtocol
 from chatstream.response import EventStreamResponse
+from chatstream.resumable import LogReader, ResumableStreams, StreamLog
 from chatstream.run import Run
 from chatstream.runner import ChainRun, collect
+from chatstream.schema import ChatRequest
 from chatstream.service import ChatService
 
 log = logging.getLogger("chatstream.endpoint")
@@ -107,10 +111,35 @@ async def _unless_client_leaves(
         gone.cancel()
 
 
+#: How long `POST /api/chat/{id}/stop` waits for a local run to end before answering 202.
+STOP_WAIT_SECONDS = 5.0
+
+
+def last_event_id(request: Request) -> int:
+    """`Last-Event-ID` (what EventSource sends) or `?last_event_id=`; -1 when neither is there."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None or not raw.strip():
+        return -1
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 12:
+        raise errors.invalid_last_event_id()
+    return int(raw)
+
+
 class ChatEndpoint:
-    def __init__(self, service: ChatService) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        streams: ResumableStreams | None = None,
+        protocols: Sequence[ResumableProtocol] = (),
+    ) -> None:
         self.service = service
         self.cors = CorsPolicy(service.settings.cors_origin_list)
+        self.streams = streams or ResumableStreams(service.settings)
+        #: Streams running on this instance, by request id, for `stop` (resumable or not).
+        self.live: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+        #: The protocols a resumed stream may be in, by name.
+        self.protocols: dict[str, ResumableProtocol] = {p.name: p for p in (NATIVE, *protocols)}
 
     async def handle(self, request: Request, *protocols: ChatProtocol) -> Response:
         """Answer in the first of `protocols` that claims the body (the app's own when none is given)."""
@@ -131,8 +160,13 @@ class ChatEndpoint:
             body = await read_body(request, self.service.settings.max_body_bytes)
             protocol = next((p for p in protocols if p.claims(body)), protocol)
             chat_request = protocol.parse(body, self.service.limits)
+            resumable = chat_request.stream and self._resumable(protocol, chat_request)
             # Checked before the model is called: a 406 costs nothing upstream.
-            encoder = protocol.encoder(request, chat_request) if chat_request.stream else None
+            encoder = None
+            if resumable:
+                encoder = self.protocols[protocol.name].resume_encoder(request, 0)
+            elif chat_request.stream:
+                encoder = protocol.encoder(request, chat_request)
             run = self.service.run(chat_request, request_id)
             bound.use_span(run.span)  # the body's records (retries, failures) join the run's operation
             if not chat_request.stream:
@@ -150,6 +184,8 @@ class ChatEndpoint:
                     run.log_outcome()
                 return protocol.answer_response(answer, chat_request, headers)
             assert encoder is not None
+            if resumable:
+                return await self._stream_resumable(request, run, protocol, chat_request, encoder, cors)
             return await self._stream(request, run, encoder, cors)
         except ClientGone:
             return Response(status_code=499, headers={"X-Request-Id": request_id})
@@ -166,6 +202,12 @@ class ChatEndpoint:
             log.exception("chat request failed request_id=%s", request_id)
             return protocol.error_response(errors.internal_error(), headers)
 
+    def _resumable(self, protocol: ChatProtocol, chat_request: ChatRequest) -> bool:
+        wanted = chat_request.resumable
+        if wanted is None:
+            wanted = self.service.settings.resumable
+        return wanted and protocol.name in self.protocols
+
     def read_only(self, request: Request, respond: Callable[[Mapping[str, str]], Response]) -> Response:
         """A GET route under the same CORS allow-list (its preflight included); `respond` gets the
         headers every answer carries."""
@@ -180,14 +222,153 @@ class ChatEndpoint:
         """The chains and deployments a request may name; `no-cache` so a changed setting shows at once."""
         return JSONResponse(self.service.catalog(), headers={"Cache-Control": "no-cache"})
 
+    async def _stream_resumable(
+        self,
+        request: Request,
+        run: Run,
+        protocol: ChatProtocol,
+        chat_request: ChatRequest,
+        encoder: StreamEncoder,
+        cors: dict[str, str],
+    ) -> Response:
+        """The run goes on in a task of its own; this response is its first reader."""
+        settings = self.service.settings
+        deadline_at = asyncio.get_running_loop().time() + settings.deadline_seconds
+        alias = chat_request.resume_alias
+        try:
+            stream = self.streams.start(
+                run,
+                protocol.name,
+                alias=f"{protocol.name}:{alias}" if alias else None,
+                deadline_at=deadline_at,
+                deadline_error=errors.deadline_exceeded(settings.deadline_seconds),
+            )
+        except ChatError:
+            run.log_outcome()
+            raise
+        self.live[run.request_id] = run
+        return await self._stream(request, LogReader(stream, -1), encoder, cors, deadline_at=deadline_at)
+
+    async def resume(self, request: Request) -> Response:
+        """`GET /api/chat/{id}/stream`: the events after `Last-Event-ID`, then the live rest.
+
+        `id` is a stream's request id (`start.id`), or an AI SDK chat id: the AI SDK's `resumeStream`
+        asks this route for its chat's running stream, and takes 204 as "none"."""
+        request_id = request_id_for(request)
+        if request.method == "OPTIONS":
+            return self.cors.preflight(request, request_id, methods=("GET",))
+        cors = self.cors.headers(request)
+        headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **cors}
+        key = request.path_params.get("id", "")
+        try:
+            after = last_event_id(request)
+            found = await self._reader(key, after)
+            if found is None:
+                if after < 0:  # the AI SDK's probe, or a client that never got an event
+                    return Response(status_code=204, headers=headers)
+                raise errors.stream_not_found(key)
+            reader, protocol_name = found
+            protocol = self.protocols.get(protocol_name, NATIVE)
+            if protocol is not NATIVE and after >= 0:
+                # Only native streams resume mid-way; the others replay from their start.
+                after = -1
+                found = await self._reader(key, after)
+                if found is None:
+                    raise errors.stream_not_found(key)
+                reader = found[0]
+            encoder = protocol.resume_encoder(request, after + 1)
+            with logcontext.bind(reader.request_id):
+                return await self._stream(request, reader, encoder, cors)
+        except ClientGone:
+            return Response(status_code=499, headers={"X-Request-Id": request_id})
+        except ChatError as error:
+            return NATIVE.error_response(error, headers)
+        except Exception:
+            log.exception("chat resume failed request_id=%s", request_id)
+            return NATIVE.error_response(errors.internal_error(), headers)
+
+    async def _reader(self, key: str, after: int) -> tuple[Run, str] | None:
+        """A reader of the stream `key` from after `after`: local first, then the shared store.
+
+        By an alias (the AI SDK's chat id) only a running stream is found: the SDK asks on every page
+        load, and a finished answer is already in its messages."""
+        aliases = self._aliases(key)
+        stream = self._local_stream(key)
+        if stream is not None:
+            if stream.stream_id != key and stream.finished:
+                return None
+            if after + 1 < stream.base:
+                raise errors.stream_not_resumable()
+            if after >= stream.end and stream.finished:
+                raise errors.invalid_last_event_id()
+            return LogReader(stream, after), stream.protocol
+        found = await self.streams.remote(key, after, active_only=False)
+        for alias in aliases:
+            if found is not None:
+                break
+            found = await self.streams.remote(alias, after, active_only=True)
+        return found
+
+    def _aliases(self, key: str) -> list[str]:
+        return [f"{name}:{key}" for name in self.protocols]
+
+    def _local_stream(self, key: str) -> StreamLog | None:
+        """The resumable stream on this instance named `key`: its request id, or an AI SDK chat id."""
+        stream = self.streams.local(key)
+        if stream is None:
+            stream = next(filter(None, map(self.streams.local, self._aliases(key))), None)
+        return stream
+
+    async def stop(self, request: Request) -> Response:
+        """`POST /api/chat/{id}/stop`: end a running stream cleanly; its caller gets `end` with
+        `finish_reason: "cancelled"` and the usage so far."""
+        request_id = request_id_for(request)
+        if request.method == "OPTIONS":
+            return self.cors.preflight(request, request_id)
+        headers = {"X-Request-Id": request_id, "Cache-Control": "no-store", **self.cors.headers(request)}
+        key = request.path_params.get("id", "")
+        try:
+            run = self.live.get(key)
+            stream = self._local_stream(key)
+            if run is None and stream is not None:
+                run = stream.run
+            if run is None:
+                if any([await self.streams.request_stop(k) for k in (key, *self._aliases(key))]):
+                    return JSONResponse({"id": key, "status": "stopping"}, status_code=202, headers=headers)
+                raise errors.stream_not_found(key)
+            if run.finished:
+                raise errors.stream_finished(key)
+            if stream is not None:
+                stream.stop()
+            else:
+                run.stop()
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + STOP_WAIT_SECONDS
+            # Runs have no completion event of their own; a short poll for the rare stop is enough.
+            while not run.finished and loop.time() < give_up:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            if not run.finished:
+                return JSONResponse({"id": key, "status": "stopping"}, status_code=202, headers=headers)
+            return JSONResponse({"id": key, "status": "stopped"}, headers=headers)
+        except ChatError as error:
+            return NATIVE.error_response(error, headers)
+
     async def _stream(
-        self, request: Request, run: Run, encoder: StreamEncoder, cors: dict[str, str]
+        self,
+        request: Request,
+        run: Run,
+        encoder: StreamEncoder,
+        cors: dict[str, str],
+        *,
+        deadline_at: float | None = None,
     ) -> Response:
         """Hold the headers until the model accepted the request (so failures get a real status),
         but no longer than the first-event wait, after which heartbeats keep the line alive."""
         settings = self.service.settings
         loop = asyncio.get_running_loop()
-        deadline_at = loop.time() + settings.deadline_seconds
+        if deadline_at is None:
+            deadline_at = loop.time() + settings.deadline_seconds
+        self.live.setdefault(run.request_id, run)
         stream = run.events()
         waiting: asyncio.Task[Event] = asyncio.ensure_future(anext(stream))
         gone = asyncio.ensure_future(_disconnected(request))

@@ -118,6 +118,56 @@ def deadline_exceeded(seconds: float) -> ChatError:
     )
 
 
+# -- resumable streams and stop (chatstream/resumable.py) -------------------------------------------
+
+
+def stream_not_found(stream_id: str) -> ChatError:
+    return ChatError(
+        404,
+        "stream_not_found",
+        f"no stream {stream_id!r} here: it never was resumable, or it ended longer ago than the "
+        "resume TTL (see GET /api/chat/{id}/stream in docs/protocol.md)",
+    )
+
+
+def stream_not_resumable() -> ChatError:
+    return ChatError(
+        410,
+        "stream_not_resumable",
+        "the events after Last-Event-ID are no longer kept (the stream outgrew CHAT_RESUME_MAX_BYTES); "
+        "send the request again",
+    )
+
+
+def stream_finished(stream_id: str) -> ChatError:
+    return ChatError(409, "stream_finished", f"stream {stream_id!r} has already ended; nothing to stop")
+
+
+def invalid_last_event_id() -> ChatError:
+    return ChatError(
+        400,
+        "invalid_last_event_id",
+        "Last-Event-ID (or last_event_id) must be the id of an event received: a whole number >= 0",
+        param="Last-Event-ID",
+    )
+
+
+def resume_capacity(limit: int) -> ChatError:
+    return ChatError(
+        503,
+        "resume_capacity",
+        f"this instance already keeps {limit} running resumable streams (CHAT_RESUME_MAX_STREAMS); "
+        "retry, or send the request without resumable",
+        retryable=True,
+    )
+
+
+def stream_store_unavailable() -> ChatError:
+    return ChatError(
+        503, "stream_store_unavailable", "the shared store of resumable streams failed", retryable=True
+    )
+
+
 # -- the model service (see chatstream/upstream.py for which failure is which) --------------------
 
 

@@ -18,6 +18,8 @@ class Usage(TypedDict):
     total_tokens: int
     #: Hidden reasoning tokens (included in completion_tokens), when the upstream reports them.
     reasoning_tokens: NotRequired[int]
+    #: True when counted by us (a stopped stream: the upstream reports usage only at its end).
+    estimated: NotRequired[bool]
 
 
 Event = dict[str, Any]

@@ -47,7 +47,7 @@ class MultiRun:
     in_band_errors: bool = True
     started: bool = False
     #: Deployments whose task has ended (its events may still wait in the queue).
-    finished: set[int] = field(default_factory=set)
+    ended: set[int] = field(default_factory=set)
     #: Deployments whose `end` the consumer has taken: only these are over for the caller.
     delivered: set[int] = field(default_factory=set)
     #: Failures before the merged stream started, reported right after its `start`.
@@ -91,10 +91,10 @@ class MultiRun:
         early = self.early
         delivered = self.delivered
         try:
-            while len(self.finished) < len(self.runs):
+            while len(self.ended) < len(self.runs):
                 index, item = await queue.get()
                 if item is _FINISHED:
-                    self.finished.add(index)
+                    self.ended.add(index)
                     continue
                 if isinstance(item, ChatError):
                     if self.started:
@@ -153,6 +153,15 @@ class MultiRun:
     def cancelled(self) -> None:
         for run in self.runs:
             run.cancelled()
+
+    @property
+    def finished(self) -> bool:
+        return all(run.finished for run in self.runs)
+
+    def stop(self, *, outcome: str = "stopped") -> None:
+        """Every deployment ends with its own `end` (`cancelled`, usage so far), then `done`."""
+        for run in self.runs:
+            run.stop(outcome=outcome)
 
     def log_outcome(self) -> None:
         """Each deployment's own line; one still running here was left by the caller."""

@@ -27,7 +27,11 @@ class RunRecord:
     usage: Usage | None = None
     deltas: int = 0
     retries: int = 0
-    #: running, completed, content_filter, cancelled, or error:<code>
+    #: Characters of the prompt (system prompt and messages) and of the answer's text so far: the
+    #: estimate of a stopped stream's usage.
+    prompt_chars: int = 0
+    answer_chars: int = 0
+    #: running, completed, content_filter, cancelled, stopped, or error:<code>
     outcome: str = "running"
     started_at: float = field(default_factory=time.perf_counter)
     first_delta_at: float | None = None
@@ -42,6 +46,18 @@ class RunRecord:
         """The caller left (or the run was stopped) before it could finish."""
         if self.outcome == "running":
             self.outcome = "cancelled"
+
+    def estimated_usage(self) -> Usage:
+        """What a stream stopped before its end cost, by the usual ~4 characters per token (the
+        upstream reports usage in its last chunk only); at least one token per delta."""
+        completion = max(self.deltas, -(-self.answer_chars // 4))
+        prompt = -(-self.prompt_chars // 4)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "estimated": True,
+        }
 
     @property
     def ttft(self) -> float | None:

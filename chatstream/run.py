@@ -11,8 +11,10 @@ from chatstream.events import Event
 
 
 class Run(Protocol):
-    #: Whether the `start` event was produced (after it, failures are events, not statuses).
-    started: bool
+    @property
+    def started(self) -> bool:
+        """Whether the `start` event was produced (after it, failures are events, not statuses)."""
+        ...
 
     @property
     def request_id(self) -> str: ...
@@ -33,6 +35,16 @@ class Run(Protocol):
 
     def cancelled(self) -> None:
         """The caller left, or the run was stopped, before it finished."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen: completed, failed, cancelled or stopped."""
+        ...
+
+    def stop(self, *, outcome: str = "stopped") -> None:
+        """End the run cleanly, now: its stream ends with `end` (`finish_reason: "cancelled"`, the
+        usage so far) instead of stopping mid-air; `outcome` is what its log line reports."""
         ...
 
     def log_outcome(self) -> None:

@@ -41,9 +41,16 @@ class ChainRun:
     in_band_errors: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     started: bool = False
+    #: Set by `stop`: end as soon as possible with `finish_reason: "cancelled"` and the usage so far.
+    stop_requested: bool = False
 
     def __post_init__(self) -> None:
         self.tool_calls = ToolCallAssembler(self.record.deployment)
+        #: The task waiting for the upstream's next chunk, while (and only while) it waits: a stop
+        #: cancels that wait, and can never land in the consumer's own work (e.g. a socket write).
+        self._awaiting: asyncio.Task[Any] | None = None
+        self._stop_cancelled: asyncio.Task[Any] | None = None
+        self._stop_outcome = "stopped"
 
     @property
     def request_id(self) -> str:
@@ -79,6 +86,41 @@ class ChainRun:
     def cancelled(self) -> None:
         self.record.cancelled()
 
+    @property
+    def finished(self) -> bool:
+        return self.record.outcome != "running"
+
+    def stop(self, *, outcome: str = "stopped") -> None:
+        """End the run cleanly: the model call is cancelled and the stream ends with an `end` whose
+        `finish_reason` is `cancelled`, carrying the usage so far. `outcome` is what the log line says
+        (`stopped` by the caller, `cancelled` when nobody read a resumable run)."""
+        if self.stop_requested or self.finished:
+            return
+        self.stop_requested = True
+        self._stop_outcome = outcome
+        task = self._awaiting
+        if task is not None and not task.done():
+            self._stop_cancelled = task
+            task.cancel()
+
+    def _stopped(self) -> Event:
+        """The `end` of a stopped run (the caller of this has taken our cancellation back)."""
+        record = self.record
+        record.outcome = self._stop_outcome
+        record.finish_reason = "cancelled"
+        if record.usage is None:
+            record.usage = record.estimated_usage()
+        return self._end_event()
+
+    def _took_back_stop(self) -> bool:
+        """After a CancelledError: True when it was our stop's (now taken back), False when the task
+        is cancelled for another reason too (then it must propagate)."""
+        task = self._stop_cancelled
+        self._stop_cancelled = None
+        if not self.stop_requested or task is None or task is not asyncio.current_task():
+            return False
+        return task.uncancel() == 0
+
     def log_outcome(self) -> None:
         report(self.record)
 
@@ -86,12 +128,17 @@ class ChainRun:
         record = self.record
         deployment = record.deployment
         stream: AsyncIterator[Any] | None = None
+        current_task = asyncio.current_task
         try:
-            stream, chunk = await open_stream(
-                lambda: self.chain.astream(self.inputs, self.config), self.retry, record
-            )
+            self._awaiting = current_task()
+            try:
+                stream, chunk = await open_stream(
+                    lambda: self.chain.astream(self.inputs, self.config), self.retry, record
+                )
+            finally:
+                self._awaiting = None
             yield self._start_event()
-            if chunk is not NOTHING:
+            if chunk is not NOTHING and not self.stop_requested:
                 next_chunk = stream.__anext__
                 answer = record.answer
                 while True:
@@ -122,17 +169,40 @@ class ChainRun:
                         if record.first_delta_at is None:
                             record.first_delta_at = time.perf_counter()
                         record.deltas += 1
+                        record.answer_chars += len(text)
                         if answer is not None:
                             answer.append(text)
                         yield events.delta(deployment, text)
+                    if self.stop_requested:
+                        break
+                    self._awaiting = current_task()
                     try:
                         chunk = await next_chunk()
                     except StopAsyncIteration:
                         break
+                    finally:
+                        self._awaiting = None
+            if self.stop_requested:
+                # A stop that did not need to cancel (or whose cancellation a layer below absorbed).
+                if self._stop_cancelled is current_task():
+                    self._took_back_stop()
+                yield self._stopped()
+                return
             for event in self.tool_calls.complete():
                 yield event
             record.outcome = "completed"
-        except (asyncio.CancelledError, GeneratorExit):
+        except asyncio.CancelledError:
+            if not self._took_back_stop():
+                record.cancelled()
+                raise
+            if stream is not None:
+                await aclose_quietly(stream)
+                stream = None
+            if not self.started:
+                yield self._start_event()
+            yield self._stopped()
+            return
+        except GeneratorExit:
             record.cancelled()
             raise
         except Exception as exc:

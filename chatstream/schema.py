@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 Role = Literal["system", "user", "assistant"]
@@ -68,6 +76,11 @@ class ChatRequest(BaseModel):
     deployments: list[str] | None = Field(None, min_length=1)
     #: A conversation thread kept by the server (graph chains): send only the new message.
     thread_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{8,128}$")
+    #: Keep the run going past a dropped connection and let the caller resume it (default:
+    #: CHAT_RESUMABLE); see `GET /api/chat/{id}/stream`.
+    resumable: bool | None = None
+    #: Another name the stream can be resumed by (the AI SDK's chat id); set by a protocol, never sent.
+    _resume_alias: str | None = PrivateAttr(None)
 
     @model_validator(mode="before")
     @classmethod
@@ -154,6 +167,13 @@ class ChatRequest(BaseModel):
                 "thread_with_deployments", "a thread continues with one deployment; name at most one"
             )
         return self
+
+    @property
+    def resume_alias(self) -> str | None:
+        return self._resume_alias
+
+    def set_resume_alias(self, alias: str | None) -> None:
+        self._resume_alias = alias
 
     @property
     def conversation(self) -> list[Message]:

@@ -208,6 +208,7 @@ class ChatService:
             },
         )
         record = RunRecord(request_id, chain_name, target.deployment, span=span)
+        record.prompt_chars = len(self.settings.system_prompt) + sum(len(m.content) for m in conversation)
         if self.settings.log_content:
             record.question, record.answer = conversation[-1].content, []
         run = ChainRun(

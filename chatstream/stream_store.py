@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from chatstream.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,12 @@ class SharedStreamStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def open_stream_store(settings: Settings) -> SharedStreamStore | None:
+    """The shared store `CHAT_STREAM_STORE` names; None for `memory` (this instance only)."""
+    if settings.stream_store == "memory":
+        return None
+    from chatstream.blob_stream_store import BlobStreamStore
+
+    return BlobStreamStore.from_settings(settings)

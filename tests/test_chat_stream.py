@@ -268,6 +268,7 @@ def test_function_registration_route_methods_and_auth_level():
         "openai_chat_completions": ("v1/chat/completions", ["OPTIONS", "POST"], "function"),
         "openai_models": ("v1/models", ["GET", "OPTIONS"], "function"),
         "openai_model": ("v1/models/{model}", ["GET", "OPTIONS"], "function"),
-        # The AI SDK's resume probe (always 204), keyed like the chat route its transport also calls.
+        # Resume (also the AI SDK's resume probe) and stop, keyed like the chat route.
         "chat_resume": ("chat/{id}/stream", ["GET", "OPTIONS"], "function"),
+        "chat_stop": ("chat/{id}/stop", ["OPTIONS", "POST"], "function"),
     }

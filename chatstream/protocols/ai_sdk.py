@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import mimetypes
 import re
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
@@ -32,7 +31,7 @@ UI_MESSAGE_STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 #: Request options of ours a caller may add to the AI SDK body (`DefaultChatTransport({body})` or
 #: `sendMessage(message, {body})`); they mean what they mean in the native request. Besides these,
 #: `deployment` names one allowed deployment (the native `deployments`, with one name).
-OPTIONS = ("chain", "max_tokens", "temperature", "reasoning_effort")
+OPTIONS = ("chain", "max_tokens", "temperature", "reasoning_effort", "resumable")
 
 #: Native `finish_reason` -> the AI SDK's `finishReason`.
 FINISH_REASONS = {
@@ -80,6 +79,7 @@ class _Body(BaseModel):
     max_tokens: Any = None
     temperature: Any = None
     reasoning_effort: Any = None
+    resumable: Any = None
 
 
 def claims(body: bytes) -> bool:
@@ -167,9 +167,12 @@ def parse_request(body: bytes, limits: Limits) -> ChatRequest:
     if envelope.deployment is not None:
         native_body["deployments"] = [envelope.deployment]
     try:
-        return native.parse_request(orjson.dumps(native_body), limits)
+        request = native.parse_request(orjson.dumps(native_body), limits)
     except ChatError as error:
         raise as_sent(error, origin) from None
+    # The chat id: the SDK's `resumeStream` asks for the chat's running stream by it.
+    request.set_resume_alias(envelope.id)
+    return request
 
 
 def _sse(chunk: dict[str, Any]) -> bytes:
@@ -398,6 +401,11 @@ class AiSdkProtocol:
         """Always SSE: the transport sends no `Accept` and reads nothing else."""
         return UIMessageStreamEncoder()
 
+    def resume_encoder(self, request: Request, first_id: int) -> UIMessageStreamEncoder:
+        """A resumed UI message stream is always replayed from its start (`first_id` is 0): the SDK's
+        `resumeStream` rebuilds the message from the whole stream."""
+        return UIMessageStreamEncoder()
+
     def answer_response(
         self, answer: dict[str, Any], request: ChatRequest, headers: dict[str, str]
     ) -> Response:
@@ -414,9 +422,3 @@ class AiSdkProtocol:
 
 
 AI_SDK = AiSdkProtocol()
-
-
-def no_stream_to_resume(headers: Mapping[str, str]) -> Response:
-    """`GET /api/chat/{id}/stream`: streams are not resumable (yet), so there is never one to resume;
-    204 is what the transport's `reconnectToStream` reads as "nothing to resume"."""
-    return Response(status_code=204, headers=headers)

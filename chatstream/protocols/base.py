@@ -63,3 +63,11 @@ class ChatProtocol(Protocol):
     def error_response(self, error: ChatError, headers: dict[str, str]) -> Response:
         """An error before the stream started, in this protocol's error shape."""
         ...
+
+
+class ResumableProtocol(ChatProtocol, Protocol):
+    """A protocol whose streams can be resumed (`GET /api/chat/{id}/stream`)."""
+
+    def resume_encoder(self, request: Request, first_id: int) -> StreamEncoder:
+        """The encoder for a resumed stream whose first event sent is `first_id`."""
+        ...

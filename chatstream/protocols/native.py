@@ -45,6 +45,14 @@ class NativeProtocol:
             raise errors.not_acceptable()
         return wire
 
+    def resume_encoder(self, request: Request, first_id: int) -> StreamEncoder:
+        """The encoder of a resumable stream that starts at event `first_id`: SSE events carry their
+        `id:`. NDJSON has no ids: an event's id is its line number among the non-blank lines, from 0."""
+        wire = encoding.choose(request.headers.get("accept"))
+        if wire is None:
+            raise errors.not_acceptable()
+        return encoding.NumberedSSE(first_id) if wire is encoding.SSE else wire
+
     def answer_response(
         self, answer: dict[str, Any], request: ChatRequest, headers: dict[str, str]
     ) -> Response:
