@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -384,3 +385,48 @@ def test_the_openai_route_falls_back_by_the_setting(app, hostile):
     assert answer["model"] == B
     assert answer["choices"][0]["message"]["content"] == f"Hello from {B}"
     assert asked(hostile) == [A, B]
+
+
+# --- retries, options and a caller who leaves --------------------------------------------------------
+
+
+def test_retries_come_first_then_the_fallback(hostile):
+    async def overloaded_briefly(conn: Conn) -> bool:
+        await conn.json_response(503, {"error": {"code": "ServiceUnavailable"}}, {"retry-after-ms": "10"})
+        return False
+
+    prompt = by_deployment(hostile, "fb-retry", alpha=overloaded_briefly, beta=answers)
+    with serve(settings_for(**_settings(hostile, CHAT_UPSTREAM_MAX_RETRIES=1))) as app:
+        response, events = post(app.url, prompt)
+    assert response.status_code == 200
+    assert_answered_by(events, B)
+    assert asked(hostile) == [A, A, B]
+
+
+def test_a_setting_fallback_that_refuses_the_request_options_is_skipped(hostile):
+    """A reasoning deployment in CHAT_FALLBACK_DEPLOYMENTS would turn every `temperature` into a 400."""
+    settings = _settings(hostile, CHAT_REASONING_DEPLOYMENTS=B, CHAT_FALLBACK_DEPLOYMENTS=f"{B},{C}")
+    prompt = by_deployment(hostile, "fb-options", alpha=rate_limited, beta=answers, gamma=answers)
+    with serve(settings_for(**settings)) as app:
+        response, events = post(app.url, prompt, temperature=0.5)
+        assert response.status_code == 200
+        assert_answered_by(events, C)
+        assert asked(hostile) == [A, C]
+        hostile.reset()
+        # Named by the caller, the same fallback is the caller's mistake: a 400 before any model call.
+        response, _ = post(app.url, prompt, temperature=0.5, fallback_deployments=[B])
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "unsupported_parameter"
+        assert hostile.seen == []
+
+
+def test_a_caller_who_leaves_during_the_first_deployment_gets_no_fallback(app, hostile):
+    prompt = by_deployment(hostile, "fb-leave", alpha=stalls, beta=answers)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{app.url}/api/chat", json={"user": prompt}, timeout=httpx.Timeout(60, read=0.5))
+    assert hostile.wait_closed(10), "alpha's request was closed when the caller left"
+    # Past alpha's 2 s read timeout: had the run gone on, beta would have been asked by then.
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end and asked(hostile) == [A]:
+        time.sleep(0.1)
+    assert asked(hostile) == [A]
