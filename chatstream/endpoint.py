@@ -21,6 +21,7 @@ from chatstream import errors, logcontext
 from chatstream.cors import CorsPolicy
 from chatstream.errors import ChatError
 from chatstream.events import Event
+from chatstream.fallback import FallbackRun
 from chatstream.protocols import NATIVE, ChatProtocol, StreamEncoder
 from chatstream.protocols.base import ResumableProtocol
 from chatstream.response import EventStreamResponse
@@ -86,7 +87,7 @@ async def _cancel(task: asyncio.Future[Any]) -> None:
 
 
 async def _unless_client_leaves(
-    request: Request, run: ChainRun, work: Awaitable[T], *, deadline_at: float, deadline: ChatError
+    request: Request, run: Run, work: Awaitable[T], *, deadline_at: float, deadline: ChatError
 ) -> T:
     """Runs `work` but cancels it (and so the model call) as soon as the client disconnects or the
     deadline passes (then the caller gets `deadline_exceeded`)."""
@@ -170,7 +171,8 @@ class ChatEndpoint:
             run = self.service.run(chat_request, request_id)
             bound.use_span(run.span)  # the body's records (retries, failures) join the run's operation
             if not chat_request.stream:
-                assert isinstance(run, ChainRun)  # the schema only lets one deployment answer as JSON
+                # The schema only lets one deployment (perhaps with fallbacks) answer as JSON.
+                assert isinstance(run, ChainRun | FallbackRun)
                 settings = self.service.settings
                 try:
                     answer = await _unless_client_leaves(

@@ -246,12 +246,23 @@ def chain_failed(code: str, message: str, retryable: bool) -> ChatError:
     return ChatError(502, code, message, retryable=retryable)
 
 
-def unknown_deployment(names: list[str], allowed: list[str]) -> ChatError:
+def unknown_deployment(names: list[str], allowed: list[str], param: str = "deployments") -> ChatError:
     return ChatError(
         400,
         "unknown_deployment",
-        f"deployments: {', '.join(map(repr, names))} not allowed; allowed: {', '.join(allowed)}",
-        param="deployments",
+        f"{param}: {', '.join(map(repr, names))} not allowed; allowed: {', '.join(allowed)}",
+        param=param,
+    )
+
+
+def fallback_with_deployments() -> ChatError:
+    """Fallbacks stand in for one deployment; several answering at once have nothing to fall back to."""
+    return ChatError(
+        400,
+        "fallback_with_deployments",
+        "fallback_deployments: only for a request with one deployment; "
+        "with several `deployments` leave it out",
+        param="fallback_deployments",
     )
 
 

@@ -56,6 +56,18 @@ ANSWER_SCHEMA: dict[str, Any] = {
         "content": {"type": "string"},
         "finish_reason": {"type": ["string", "null"]},
         "usage": USAGE_SCHEMA,
+        "fallback_from": {
+            "type": "array",
+            "description": "the deployments that failed before the one that answered (only after a fallback)",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "deployment": {"type": "string"},
+                    "code": {"type": "string"},
+                    "status": {"type": "integer"},
+                },
+            },
+        },
     },
 }
 
@@ -103,6 +115,10 @@ def _request_schema(settings: Settings, chains: list[str]) -> tuple[dict[str, An
         "reasoning deployments only (CHAT_REASONING_DEPLOYMENTS); elsewhere a 400 unsupported_parameter"
     )
     props["temperature"]["description"] = "not for reasoning deployments (a 400 unsupported_parameter)"
+    props["fallback_deployments"]["description"] = (
+        "tried in order when the deployment fails before its first token; [] turns "
+        "CHAT_FALLBACK_DEPLOYMENTS off; not with several deployments"
+    )
     defs["Message"]["properties"]["content"]["maxLength"] = settings.max_content_chars
     return schema, defs
 

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -225,15 +225,29 @@ class ChainRun:
         yield self._end_event()
 
 
-async def collect(run: ChainRun) -> dict[str, Any]:
+class OneAnswer(Protocol):
+    """What `collect` needs of a run: a `ChainRun`, or a `fallback.FallbackRun` around some."""
+
+    in_band_errors: bool
+
+    @property
+    def record(self) -> RunRecord: ...
+
+    def events(self) -> AsyncGenerator[Event, None]: ...
+
+
+async def collect(run: OneAnswer) -> dict[str, Any]:
     """The whole answer as one object, for `"stream": false`; any failure is raised. The caller
     reports the outcome (`run.log_outcome()`), whatever happens here."""
     run.in_band_errors = False
     parts: list[str] = []
     extra: list[Event] = []
+    fallback_from: list[Any] | None = None
     async for event in run.events():
         if event["type"] == "delta":
             parts.append(event["delta_content"])
+        elif event["type"] == "start":
+            fallback_from = event.get("fallback_from")
         elif event["type"] not in _NOT_IN_ANSWER:
             extra.append(event)
     record = run.record
@@ -247,5 +261,6 @@ async def collect(run: ChainRun) -> dict[str, Any]:
         "content": "".join(parts),
         "finish_reason": record.finish_reason,
         "usage": record.usage,
+        **({"fallback_from": fallback_from} if fallback_from else {}),
         **({"events": extra} if extra else {}),
     }

@@ -74,6 +74,9 @@ class ChatRequest(BaseModel):
     reasoning_effort: str | None = None
     #: Several deployments answering at once (checked against CHAT_DEPLOYMENTS by the service).
     deployments: list[str] | None = Field(None, min_length=1)
+    #: Deployments to try in order when the one answering fails before its first token (checked against
+    #: the allow-list by the service); `[]` turns CHAT_FALLBACK_DEPLOYMENTS off for this request.
+    fallback_deployments: list[str] | None = None
     #: A conversation thread kept by the server (graph chains): send only the new message.
     thread_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{8,128}$")
     #: Keep the run going past a dropped connection and let the caller resume it (default:
@@ -158,6 +161,20 @@ class ChatRequest(BaseModel):
             raise ValueError("each deployment may be named once")
         if len(value) > 1 and info.data.get("stream") is False:
             raise ValueError("several deployments can only stream; send 'stream': true")
+        return value
+
+    @field_validator("fallback_deployments")
+    @classmethod
+    def _fallback_deployments(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        limit = _limits(info).max_deployments
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} fallback deployments named; the limit is {limit}")
+        if any(not name.strip() for name in value):
+            raise ValueError("deployment names must not be empty")
+        if len(set(value)) != len(value):
+            raise ValueError("each deployment may be named once")
         return value
 
     @model_validator(mode="after")

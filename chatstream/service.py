@@ -1,4 +1,4 @@
-"""The chat service: validated request in, a ready-to-run `ChainRun` out."""
+"""The chat service: validated request in, a ready-to-run `run.Run` out."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from chains.graph import GraphChain, as_chain
 from chains.threads import BoundedMemorySaver
 from chatstream import errors, telemetry
 from chatstream.diagnostics import live_runs
+from chatstream.fallback import FallbackRun
 from chatstream.fanout import MultiRun
 from chatstream.models import ConfigurationError, ModelTarget, build_model
 from chatstream.outcome import RunRecord
@@ -63,6 +64,16 @@ class ChatService:
         #: Which deployments are reasoning models: configuration (CHAT_REASONING_DEPLOYMENTS), never
         #: guessed from a name.
         self.reasoning = settings.reasoning_deployment_set
+        #: CHAT_FALLBACK_DEPLOYMENTS: only allowed deployments, else every request gets a 503.
+        self.fallbacks = settings.fallback_deployment_list
+        self.fallback_error: str | None = None
+        unknown = [n for n in self.fallbacks if n not in settings.allowed_deployments]
+        if unknown:
+            log.error("CHAT_FALLBACK_DEPLOYMENTS names deployments outside the allow-list: %s", unknown)
+            self.fallback_error = (
+                "CHAT_FALLBACK_DEPLOYMENTS names a deployment outside the allow-list "
+                "(AZURE_OPENAI_DEPLOYMENT + CHAT_DEPLOYMENTS)"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatService:
@@ -118,10 +129,36 @@ class ChatService:
             raise errors.unknown_deployment(unknown, allowed)
         return request.deployments
 
-    def run(self, request: ChatRequest, request_id: str) -> ChainRun | MultiRun:
+    def _fallbacks(self, request: ChatRequest, deployments: list[str]) -> list[str]:
+        """The deployments that stand in, in order, for a request's one deployment: the request's
+        `fallback_deployments` (`[]`: none), else CHAT_FALLBACK_DEPLOYMENTS less those whose kind
+        does not take the request's options (an option they refuse would turn the fallback into a 400).
+        """
+        named = request.fallback_deployments
+        if named is not None:
+            if len(deployments) > 1 and named:
+                raise errors.fallback_with_deployments()
+            allowed = self.settings.allowed_deployments
+            unknown = [name for name in named if name not in allowed]
+            if unknown:
+                raise errors.unknown_deployment(unknown, allowed, param="fallback_deployments")
+            return [name for name in named if name not in deployments]
+        if len(deployments) > 1:
+            return []
+        return [name for name in self.fallbacks if name not in deployments and self._takes(request, name)]
+
+    def _takes(self, request: ChatRequest, deployment: str) -> bool:
+        """Whether `deployment` accepts the request's options (see `_check_options`)."""
+        reasoning = deployment in self.reasoning
+        if request.temperature is not None and reasoning:
+            return False
+        return request.reasoning_effort is None or reasoning
+
+    def run(self, request: ChatRequest, request_id: str) -> ChainRun | MultiRun | FallbackRun:
         """Raises `ChatError` for an unknown chain or deployment, or a misconfigured model.
 
-        One deployment gives a `ChainRun`; several give a `MultiRun` that streams them all at once.
+        One deployment gives a `ChainRun` (a `FallbackRun` when it has fallbacks); several give a
+        `MultiRun` that streams them all at once.
         """
         chain_name = request.chain or self.settings.default_chain
         spec = self.registry.get(chain_name)
@@ -129,11 +166,24 @@ class ChatService:
             raise errors.unknown_chain(chain_name, self.registry.names())
         if self.target is None:
             raise errors.not_configured(self.config_error or "unknown reason")
+        if self.fallback_error is not None:
+            raise errors.not_configured(self.fallback_error)
         deployments = self._deployments(request)
-        self._check_options(request, deployments)
+        fallbacks = self._fallbacks(request, deployments)
+        self._check_options(request, [*deployments, *fallbacks])
+        for name in fallbacks:
+            self._target(name)  # a misconfigured fallback is a 503 now, not after the first failure
         runs = [self._run_one(spec, chain_name, request, request_id, name) for name in deployments]
         if len(runs) == 1:
-            return runs[0]
+            if not fallbacks:
+                return runs[0]
+            return FallbackRun(
+                runs[0],
+                fallbacks,
+                lambda name: self._run_one(spec, chain_name, request, request_id, name),
+                first_event_wait=self.settings.first_event_wait_seconds,
+                deadline_seconds=self.settings.deadline_seconds,
+            )
         return MultiRun(runs, request_id=request_id, chain_name=chain_name)
 
     def _check_options(self, request: ChatRequest, deployments: list[str]) -> None:

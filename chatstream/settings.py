@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     #: Deployments a request may name in `deployments` (comma-separated); the configured one always is.
     deployments: str = Field("", alias="CHAT_DEPLOYMENTS")
     max_request_deployments: int = Field(4, ge=1, le=16, alias="CHAT_MAX_REQUEST_DEPLOYMENTS")
+    #: Deployments (comma-separated, in order) that answer when a one-deployment request's deployment
+    #: fails before its first token (rate limited, overloaded, down, timed out); each must be allowed.
+    fallback_deployments: str = Field("", alias="CHAT_FALLBACK_DEPLOYMENTS")
     tool_max_rounds: int = Field(4, ge=1, le=16, alias="CHAT_TOOL_MAX_ROUNDS")
     rag_top_k: int = Field(4, ge=1, le=20, alias="CHAT_RAG_TOP_K")
     #: Deployments (comma-separated) that are reasoning models (gpt-5 family, o-series): they get
@@ -161,6 +164,10 @@ class Settings(BaseSettings):
     @property
     def reasoning_effort_set(self) -> frozenset[str]:
         return frozenset(e.strip() for e in self.reasoning_efforts.split(",") if e.strip())
+
+    @property
+    def fallback_deployment_list(self) -> list[str]:
+        return list(dict.fromkeys(n.strip() for n in self.fallback_deployments.split(",") if n.strip()))
 
     @property
     def cors_origin_list(self) -> frozenset[str]:

@@ -82,6 +82,7 @@ OPTIONAL_IN_AZURE = {
     "CHAT_DIAGNOSTICS": "test-only diagnostics route; must stay off in Azure",
     "CHAT_DEPLOYMENTS": "defaults to the one deployment Bicep creates; list more with extraAppSettings",
     "CHAT_MAX_REQUEST_DEPLOYMENTS": "request limit with a safe code default; override with extraAppSettings",
+    "CHAT_FALLBACK_DEPLOYMENTS": "none by default; list with extraAppSettings",
     "CHAT_TOOL_MAX_ROUNDS": "code default (4); override with extraAppSettings",
     "CHAT_RAG_TOP_K": "code default (4); override with extraAppSettings",
     "CHAT_REASONING_EFFORTS": "code default (every reasoning model takes it); override with extraAppSettings",

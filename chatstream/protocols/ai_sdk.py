@@ -31,7 +31,7 @@ UI_MESSAGE_STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 #: Request options of ours a caller may add to the AI SDK body (`DefaultChatTransport({body})` or
 #: `sendMessage(message, {body})`); they mean what they mean in the native request. Besides these,
 #: `deployment` names one allowed deployment (the native `deployments`, with one name).
-OPTIONS = ("chain", "max_tokens", "temperature", "reasoning_effort", "resumable")
+OPTIONS = ("chain", "max_tokens", "temperature", "reasoning_effort", "resumable", "fallback_deployments")
 
 #: Native `finish_reason` -> the AI SDK's `finishReason`.
 FINISH_REASONS = {
@@ -80,6 +80,7 @@ class _Body(BaseModel):
     temperature: Any = None
     reasoning_effort: Any = None
     resumable: Any = None
+    fallback_deployments: Any = None
 
 
 def claims(body: bytes) -> bool:
@@ -279,6 +280,8 @@ class UIMessageStreamEncoder:
 
     def _start(self, event: Event) -> bytes:
         metadata = {"chain": event.get("chain"), "deployment": event.get("deployment")}
+        if event.get("fallback_from"):
+            metadata["fallback_from"] = event["fallback_from"]
         return _sse({"type": "start", "messageId": event["id"], "messageMetadata": metadata}) + _sse(
             {"type": "start-step"}
         )
