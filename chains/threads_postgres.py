@@ -21,7 +21,6 @@ The saver serialises its operations per process (its own lock), so the pool need
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,6 +51,8 @@ MAX_TOUCHED = 10_000
 #: Any lock id of our own: serialises `setup()` between instances starting at once.
 _SETUP_LOCK_ID = 0x63686174  # "chat"
 _STORE_ERRORS = (psycopg.Error, OSError, TimeoutError)
+#: What a prune meets when a run writes to the same thread meanwhile (retrying later is safe).
+_PRUNE_CONFLICTS = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 _IDLE_THREADS_SQL = """
 SELECT thread_id FROM checkpoints WHERE checkpoint_ns = ''
@@ -173,8 +174,14 @@ class PostgresPool:
         self.touched.difference_update(touched)
         try:
             for thread_id in touched:  # one transaction each: a failure leaves the others pruned
-                with contextlib.suppress(psycopg.errors.SerializationFailure, NotImplementedError):
+                try:
                     await saver.aprune([thread_id], strategy="keep_latest")
+                except NotImplementedError:  # a thread with a DeltaChannel: the saver cannot prune it
+                    continue
+                except ThreadStoreUnavailable as exc:
+                    if not isinstance(exc.__cause__, _PRUNE_CONFLICTS):
+                        raise
+                    self.touched.add(thread_id)  # a run wrote to it meanwhile: next time
             if self.ttl_days > 0:
                 async with saver._cursor() as cur:
                     await cur.execute(_IDLE_THREADS_SQL, (self.ttl_days * 86400.0, PRUNE_BATCH))
@@ -182,8 +189,10 @@ class PostgresPool:
                 if idle:
                     await saver.aprune(idle, strategy="delete")
                     log.info("thread store: deleted %d threads idle for %g days", len(idle), self.ttl_days)
-        except (ThreadStoreUnavailable, psycopg.Error) as exc:
-            log.warning("thread store prune failed (next try in %.0f s): %s", PRUNE_INTERVAL_SECONDS, exc)
+        except ThreadStoreUnavailable as exc:
+            log.warning(
+                "thread store prune failed (next try in %.0f s): %s", PRUNE_INTERVAL_SECONDS, exc.__cause__
+            )
 
 
 class PostgresThreadSaver(AsyncPostgresSaver):

@@ -7,6 +7,7 @@ funchost`), the simulated deployment recording what the model was sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from chains.threads import BoundedMemorySaver, thread_store
 from chains.threads_postgres import PostgresPool, PostgresThreadSaver
 from funchost.testing import LOOPBACK, SubprocessServer, free_port
 from tests.conftest import REPO_ROOT, start_app
-from tests.support.postgres import PASSWORD_ROLE, PostgresCluster, postgres_cluster  # noqa: F401 - the fixture
+from tests.support.postgres import PASSWORD_ROLE, PostgresCluster, postgres_cluster, start_cluster  # noqa: F401 - the fixture
 from tests.test_chat_stream import deltas, sse_events
 
 APP_ENV = {
@@ -174,6 +175,38 @@ def test_a_store_that_is_down_gives_a_clear_503_and_no_hang(sim, black_hole, whe
         output = app.stop()
     assert "thread store failure" in output
     assert secret not in output
+
+
+def test_a_store_that_dies_after_it_was_open_gives_a_503_not_a_hang(sim):
+    """Its own cluster: turn 1 is stored, then PostgreSQL stops; turn 2 must fail fast and clearly."""
+    clusters = start_cluster()
+    cluster = next(clusters)
+    app = start_app(
+        **APP_ENV,
+        AZURE_OPENAI_ENDPOINT=sim.url,
+        CHAT_THREADS_STORE="postgres",
+        CHAT_THREADS_POSTGRES_URL=cluster.url(),
+    )
+    try:
+        thread = _thread()
+        _, events, _, done = sse_events(
+            app.url, {"user": "What is 2+3?", "chain": "tools", "thread_id": thread}
+        )
+        assert done and deltas(events), app.output
+        cluster.stop()
+        started = time.monotonic()
+        response = httpx.post(
+            f"{app.url}/api/chat",
+            json={"user": "and 4*4?", "chain": "tools", "thread_id": thread},
+            timeout=60,
+        )
+        assert time.monotonic() - started < 30
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "threads_unavailable"
+    finally:
+        app.stop()
+        with contextlib.suppress(StopIteration):
+            next(clusters)  # its cleanup: the data directory is removed
 
 
 # --- defaults ---------------------------------------------------------------------------------------------
