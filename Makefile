@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check-python venv browser clients bench bench-smoke clean
+.PHONY: run test lint check-python venv browser postgres clients bench bench-smoke clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; ok = (3, 11) <= v <= (3, 13); \
@@ -37,6 +37,16 @@ browser:
 	    || echo "could not install chromium: the browser tests will skip (or fail under CI=true)"; \
 	fi
 
+# The shared thread store's tests (tests/test_threads_postgres.py) start their own PostgreSQL cluster from
+# Debian's server binaries; install them when missing and we can (root + apt).
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null \
+	  && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing postgresql for the thread store tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	    || echo "could not install postgresql: the thread store tests will skip (or fail under CI=true)"; \
+	fi
+
 # The JavaScript client libraries the tests drive (tests/clients), installed from the committed lockfile.
 CLIENTS_STAMP := tests/clients/node_modules/.installed
 $(CLIENTS_STAMP): tests/clients/package.json tests/clients/package-lock.json
@@ -47,7 +57,7 @@ clients: $(CLIENTS_STAMP)
 
 # Two workers, one test file each at a time (--dist loadfile keeps a file's shared apps in one worker):
 # most tests wait on sockets and timeouts, so two workers fit a 2-core machine.
-test: $(STAMP) browser clients
+test: $(STAMP) browser postgres clients
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -15,3 +15,14 @@ class ChainFailure(Exception):
         self.code = code
         self.message = message
         self.retryable = retryable
+
+
+class ThreadStoreUnavailable(ChainFailure):
+    """The shared conversation store (`CHAT_THREADS_STORE=postgres`) failed or did not answer in time.
+
+    A store failure, not the model's: the streaming core answers it as `threads_unavailable` (503)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "threads_unavailable", "the conversation thread store is unavailable; retry later", retryable=True
+        )

@@ -4,17 +4,24 @@ LangGraph's `InMemorySaver` keeps every checkpoint of every thread, each holding
 so a long conversation costs memory quadratic in its length and the number of threads has no limit.
 This one keeps only each thread's latest checkpoint (and the channel values it references) and at
 most `max_threads` threads, forgetting the least recently used first. Memory is per instance: with
-several instances (scale-out, restarts) a thread continues only where it started; a shared store
-(a LangGraph Postgres checkpointer, for example) lifts that.
+several instances (scale-out, restarts) a thread continues only where it started; the shared store,
+`CHAT_THREADS_STORE=postgres` (chains/threads_postgres.py, built by `thread_store`), lifts that.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
 from langgraph.checkpoint.memory import InMemorySaver
 
 #: Threads kept per instance before the least recently used is forgotten.
@@ -73,3 +80,39 @@ class BoundedMemorySaver(InMemorySaver):
         self._recent.pop(thread_id, None)
         for key in [k for k in self._latest if k[0] == thread_id]:
             del self._latest[key]
+
+
+def thread_store(
+    kind: str,
+    url: str | None,
+    *,
+    timeout: float,
+    ttl_days: float = 0.0,
+    client_id: str | None = None,
+) -> BaseCheckpointSaver:
+    """The checkpointer `CHAT_THREADS_STORE` names. `postgres` is imported only when chosen (cold start)
+    and connects on the first threaded request; raises `ValueError` (without the URL) when it cannot be
+    built from the settings.
+
+    Keyless: a URL without a password (and no PGPASSWORD) on an app with an identity (`client_id`,
+    AZURE_CLIENT_ID) signs in with an Entra token for Azure Database for PostgreSQL instead."""
+    if kind == "memory":
+        return BoundedMemorySaver()
+    if kind != "postgres":
+        raise ValueError(f"CHAT_THREADS_STORE: unknown store {kind!r} (memory, postgres)")
+    if not url:
+        raise ValueError("CHAT_THREADS_POSTGRES_URL is not set")
+    from chains.threads_postgres import (
+        PostgresPool,
+        PostgresThreadSaver,
+        azure_token_provider,
+        has_password,
+    )
+
+    try:
+        keyless = not has_password(url) and not os.environ.get("PGPASSWORD") and bool(client_id)
+    except Exception:  # psycopg's message may quote the URL: never repeat it
+        raise ValueError("CHAT_THREADS_POSTGRES_URL is not a valid PostgreSQL URL or conninfo") from None
+    provider = azure_token_provider(client_id) if keyless else None
+    pool = PostgresPool(url, timeout=timeout, ttl_days=ttl_days, token_provider=provider)
+    return PostgresThreadSaver(pool)

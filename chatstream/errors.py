@@ -287,6 +287,17 @@ def threads_unsupported(chain: str) -> ChatError:
     )
 
 
+def threads_unavailable() -> ChatError:
+    """The shared thread store (PostgreSQL) failed or timed out: the store's fault, so 503, and worth
+    retrying later; nothing about the store (host, user, driver text) reaches the caller."""
+    return ChatError(
+        503,
+        "threads_unavailable",
+        "the conversation thread store is unavailable; retry later",
+        retryable=True,
+    )
+
+
 # -- protocol translations (chatstream/protocols) -------------------------------------------------
 
 

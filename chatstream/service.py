@@ -9,7 +9,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from chains import ChainContext, ChainRegistry, ChainSpec, default_registry
 from chains.graph import GraphChain, as_chain
-from chains.threads import BoundedMemorySaver
+from chains.threads import thread_store
 from chatstream import errors, telemetry
 from chatstream.diagnostics import live_runs
 from chatstream.fallback import FallbackRun
@@ -50,8 +50,22 @@ class ChatService:
         self.targets: dict[str, ModelTarget] = {target.deployment: target} if target else {}
         self.registry = registry or default_registry()
         self.config_error = config_error
-        #: Conversation threads of graph chains (`thread_id`), in this instance's memory.
-        self.checkpointer = BoundedMemorySaver()
+        #: Conversation threads of graph chains (`thread_id`): this instance's memory, or PostgreSQL shared
+        #: by every instance (`CHAT_THREADS_STORE`). A store that cannot be built from the settings makes
+        #: threaded requests a 503 `not_configured` (the reason is logged now), nothing else.
+        self.threads_error: str | None = None
+        try:
+            url = settings.threads_postgres_url
+            self.checkpointer: Any = thread_store(
+                settings.threads_store,
+                url.get_secret_value() if url is not None else None,
+                timeout=settings.threads_timeout_seconds,
+                ttl_days=settings.threads_ttl_days,
+                client_id=settings.azure_client_id,
+            )
+        except ValueError as exc:
+            log.error("thread store misconfigured: %s", exc)
+            self.threads_error, self.checkpointer = str(exc), None
         #: Retries before the first chunk only, and only while they fit in the first-event wait.
         self.retry = RetryPolicy(settings.upstream_max_retries, settings.first_event_wait_seconds)
         self.limits = Limits(
@@ -243,6 +257,8 @@ class ChatService:
         if request.thread_id is not None:
             if not isinstance(chain, GraphChain):
                 raise errors.threads_unsupported(chain_name)
+            if self.threads_error is not None:
+                raise errors.not_configured(self.threads_error)
             # Per chain: another chain's graph would not read this one's state.
             run_config["configurable"] = {"thread_id": f"{chain_name}:{request.thread_id}"}
         conversation = request.conversation

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The newest dated data-plane inference version (the `/openai/deployments/...` surface): the first
@@ -103,6 +103,19 @@ class Settings(BaseSettings):
     #: How often a stream on another instance is checked for new events, a stop or a reader.
     stream_store_poll_seconds: float = Field(0.25, gt=0, le=5, alias="CHAT_STREAM_STORE_POLL_SECONDS")
 
+    # Conversation threads of graph chains (`thread_id`, docs/chains.md).
+    #: `memory` (this instance, bounded) or `postgres`: shared by every instance (LangGraph's Postgres
+    #: checkpointer; imported only then).
+    threads_store: Literal["memory", "postgres"] = Field("memory", alias="CHAT_THREADS_STORE")
+    #: libpq URL or conninfo; a secret when it carries a password (never logged). Without a password and
+    #: with AZURE_CLIENT_ID set, each new connection signs in with an Entra token (keyless).
+    threads_postgres_url: SecretStr | None = Field(None, alias="CHAT_THREADS_POSTGRES_URL")
+    #: Longest wait for the store per operation (connecting included); below the first-event wait, so a
+    #: store that is down is a 503 rather than an error event after the headers.
+    threads_timeout_seconds: float = Field(4.0, gt=0, le=60, alias="CHAT_THREADS_TIMEOUT_SECONDS")
+    #: Threads nobody continued for this many days are deleted from the shared store (0: kept forever).
+    threads_ttl_days: float = Field(30.0, ge=0, alias="CHAT_THREADS_TTL_DAYS")
+
     # The embedded simulated deployment, used when no model endpoint is configured.
     simulator_ttft_ms: float = Field(150.0, ge=0, alias="SIMULATOR_TTFT_MS")
     simulator_token_delay_ms: float = Field(30.0, ge=0, alias="SIMULATOR_TOKEN_DELAY_MS")
@@ -135,6 +148,11 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         """`func start` and app settings often carry empty strings for 'not set'."""
         return value.strip() or None if value is not None else None
+
+    @field_validator("threads_postgres_url", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("default_max_tokens", mode="before")
     @classmethod

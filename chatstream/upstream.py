@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 
-from chains.errors import ChainFailure
+from chains.errors import ChainFailure, ThreadStoreUnavailable
 from chatstream import errors
 from chatstream.errors import ChatError
 
@@ -119,6 +119,9 @@ def to_chat_error(exc: BaseException, *, started: bool = False, request_id: str 
     False), the code and message what an `error` event says after text went out."""
     if isinstance(exc, ChatError):
         return exc
+    if isinstance(exc, ThreadStoreUnavailable):
+        log.warning("thread store failure request_id=%s: %s", request_id, exc.__cause__ or exc)
+        return errors.threads_unavailable()
     if isinstance(exc, ChainFailure):
         log.info("chain failure request_id=%s code=%s: %s", request_id, exc.code, exc.message)
         return errors.chain_failed(exc.code, exc.message, exc.retryable)
