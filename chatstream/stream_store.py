@@ -80,3 +80,17 @@ class SharedStreamStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class StreamStoreError(Exception):
+    """The shared store failed (unreachable, refused, throttled, timed out); the message names the
+    operation and the service's error code, never an account URL or a credential."""
+
+
+class StreamNotFound(StreamStoreError):
+    """`append` or `finish` on a stream the store does not have (never created, or expired)."""
+
+
+class StreamTooLarge(StreamStoreError):
+    """`append` would pass the stream's byte limit (or the store's own): the events already stored stay;
+    finish the stream with `truncated=True`."""
