@@ -336,3 +336,86 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class ResponseDroppingProxy:
+    """A loopback TCP proxy to Azurite that lets chosen append requests land, then cuts the connection
+    instead of passing the response on: the SDK sees a network failure and retries an append that was
+    in fact written (what a timeout or a reset after the request does in production)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.drops_left = 0
+        self.dropped = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ResponseDroppingProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        drop = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                if b"comp=appendblock" in data and self.drops_left > 0:
+                    self.drops_left -= 1
+                    drop.set()
+                server_w.write(data)
+                await server_w.drain()
+
+        async def downstream() -> None:
+            while data := await server_r.read(65536):
+                if drop.is_set():  # the append landed; its answer never reaches the client
+                    self.dropped += 1
+                    client_w.transport.abort()
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            server_w.close()
+            client_w.close()
+
+
+def test_an_append_retried_after_a_lost_response_is_stored_once(azurite: Azurite, container: str) -> None:  # noqa: F811
+    async def main() -> None:
+        async with ResponseDroppingProxy(azurite.port) as proxy:
+            via_proxy = settings_for(azurite, container).model_copy(
+                update={
+                    "stream_store_connection_string": azurite.connection_string.replace(
+                        f":{azurite.port}/", f":{proxy.port}/"
+                    )
+                }
+            )
+            producer = open_stream_store(via_proxy)
+            reader = open_stream_store(settings_for(azurite, container))
+            assert isinstance(producer, BlobStreamStore) and isinstance(reader, BlobStreamStore)
+            try:
+                await producer.create("flaky", protocol="native")
+                proxy.drops_left = 1
+                await asyncio.wait_for(producer.append("flaky", [event(0), event(1)]), timeout=60)
+                assert proxy.dropped == 1, "the proxy must have cut one append's response"
+                await producer.append("flaky", [event(2)])
+                await producer.finish("flaky")
+                got = await reader.read("flaky")
+                assert got is not None and got.finished
+                assert got.events == [event(0), event(1), event(2)], "a retried append was written twice"
+            finally:
+                await producer.aclose()
+                await reader.aclose()
+
+    asyncio.run(main())
