@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +23,9 @@ from chatstream.blob_stream_store import MAX_BLOCK_BYTES, BlobStreamStore, blob_
 from chatstream.models import ConfigurationError
 from chatstream.settings import Settings
 from chatstream.stream_store import StreamControl, StreamNotFound, StreamStoreError, StreamTooLarge
-from tests.support.azurite import Azurite, azurite  # noqa: F401  (the fixture)
+from tests.support.azurite import ACCOUNT_KEY, Azurite, azurite  # noqa: F401  (the fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def event(i: int, text: str = "tok") -> bytes:
@@ -300,10 +306,12 @@ def test_factory_keyless_url_uses_the_managed_identity() -> None:
     asyncio.run(main())
 
 
-def test_unreachable_store_raises_stream_store_error_without_the_key(unused_port: int) -> None:
-    async def main() -> None:
-        from tests.support.azurite import ACCOUNT_KEY
+def test_unreachable_store_raises_stream_store_error_without_the_key(
+    unused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
 
+    async def main() -> None:
         conn = (
             f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint=http://127.0.0.1:{unused_port}/devstoreaccount1;"
@@ -327,6 +335,25 @@ def test_unreachable_store_raises_stream_store_error_without_the_key(unused_port
             await store.aclose()
 
     asyncio.run(main())
+    assert "stream store create failed" in caplog.text
+    assert ACCOUNT_KEY not in caplog.text and "AccountKey" not in caplog.text
+
+
+def test_choosing_the_store_imports_no_azure_sdk_until_blob_is_configured() -> None:
+    """Cold start: an app on the in-memory store never loads azure.storage or azure.identity."""
+    code = (
+        "import sys\n"
+        "from chatstream.blob_stream_store import open_stream_store\n"
+        "from chatstream.settings import Settings\n"
+        "assert open_stream_store(Settings(CHAT_STREAM_STORE='memory')) is None\n"
+        "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('azure.')}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.strip()
+    assert "storage" not in loaded and "identity" not in loaded and "core" not in loaded, loaded
 
 
 @pytest.fixture
