@@ -7,17 +7,20 @@ Thin on purpose: each function hands the request to `chatstream` (nothing here k
 
 from __future__ import annotations
 
+import logging
+
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
 from chatstream import diagnostics
+from chatstream.blob_stream_store import open_stream_store
 from chatstream.endpoint import ChatEndpoint
+from chatstream.models import ConfigurationError
 from chatstream.openapi import openapi_document
 from chatstream.protocols import AG_UI, AI_SDK, NATIVE, OpenAIProtocol
 from chatstream.resumable import ResumableStreams
 from chatstream.service import ChatService
 from chatstream.settings import Settings
-from chatstream.stream_store import open_stream_store
 from webui import ui_assets
 
 
@@ -26,7 +29,13 @@ def create_app(settings: Settings) -> func.FunctionApp:
     chat_auth = func.AuthLevel.ANONYMOUS if settings.allow_anonymous else func.AuthLevel.FUNCTION
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
     service = ChatService.from_settings(settings)
-    chat_endpoint = ChatEndpoint(service, ResumableStreams(settings, open_stream_store(settings)), [AI_SDK])
+    try:
+        stream_store = open_stream_store(settings)
+    except ConfigurationError as exc:
+        # Streams still resume on the instance that runs them; only other instances cannot reach them.
+        logging.getLogger("chatstream.resumable").error("shared stream store misconfigured: %s", exc)
+        stream_store = None
+    chat_endpoint = ChatEndpoint(service, ResumableStreams(settings, stream_store), [AI_SDK])
 
     @app.route(route="chat", methods=[func.HttpMethod.POST, func.HttpMethod.OPTIONS], auth_level=chat_auth)
     async def chat(req: Request) -> Response:

@@ -29,7 +29,7 @@ from chatstream.errors import ChatError
 from chatstream.events import Event
 from chatstream.run import Run
 from chatstream.settings import Settings
-from chatstream.stream_store import SharedStreamStore, StoredEvents
+from chatstream.stream_store import SharedStreamStore, StoredEvents, StreamTooLarge
 
 log = logging.getLogger("chatstream.resumable")
 
@@ -285,10 +285,13 @@ class StreamLog:
                 batch = [orjson.dumps(event) for event in self.events[sent - self.base :]]
                 if batch:
                     stored_bytes += sum(map(len, batch))
-                    if stored_bytes > self.max_bytes:
+                    try:
+                        if stored_bytes > self.max_bytes:
+                            raise StreamTooLarge(stream_id)
+                        await store.append(stream_id, batch)
+                    except StreamTooLarge:
                         await store.finish(stream_id, truncated=True)
                         return
-                    await store.append(stream_id, batch)
                     sent += len(batch)
                 if done:
                     await store.finish(stream_id)

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from chatstream.settings import Settings
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -85,10 +82,15 @@ class SharedStreamStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_stream_store(settings: Settings) -> SharedStreamStore | None:
-    """The shared store `CHAT_STREAM_STORE` names; None for `memory` (this instance only)."""
-    if settings.stream_store == "memory":
-        return None
-    from chatstream.blob_stream_store import BlobStreamStore
+class StreamStoreError(Exception):
+    """The shared store failed (unreachable, refused, throttled, timed out); the message names the
+    operation and the service's error code, never an account URL or a credential."""
 
-    return BlobStreamStore.from_settings(settings)
+
+class StreamNotFound(StreamStoreError):
+    """`append` or `finish` on a stream the store does not have (never created, or expired)."""
+
+
+class StreamTooLarge(StreamStoreError):
+    """`append` would pass the stream's byte limit (or the store's own): the events already stored stay;
+    finish the stream with `truncated=True`."""

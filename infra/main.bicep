@@ -158,6 +158,7 @@ module storage 'core/storage.bicep' = {
     location: location
     tags: tags
     deploymentContainerName: deploymentContainerName
+    streamContainerName: 'chat-streams'
   }
 }
 
@@ -220,6 +221,7 @@ module api 'app/api.bicep' = {
     storageAccountName: storage.outputs.name
     storageBlobEndpoint: storage.outputs.blobEndpoint
     deploymentContainerName: storage.outputs.deploymentContainerName
+    streamContainerName: storage.outputs.streamContainerName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     openAiEndpoint: openAi.outputs.endpoint
     openAiDeployment: openAi.outputs.deploymentName

@@ -91,10 +91,7 @@ OPTIONAL_IN_AZURE = {
     "CHAT_RESUME_TTL_SECONDS": "code default (10 min); override with extraAppSettings",
     "CHAT_RESUME_MAX_BYTES": "per-stream limit with a safe code default; override with extraAppSettings",
     "CHAT_RESUME_MAX_STREAMS": "per-instance limit with a safe code default; override with extraAppSettings",
-    "CHAT_STREAM_STORE": "memory until the blob store lands in infra",
-    "CHAT_STREAM_STORE_URL": "memory until the blob store lands in infra",
     "CHAT_STREAM_STORE_CONNECTION_STRING": "a secret: Azure uses the keyless URL, never a connection string",
-    "CHAT_STREAM_STORE_CONTAINER": "code default",
     "CHAT_STREAM_STORE_POLL_SECONDS": "code default; override with extraAppSettings",
     "CHAT_THREADS_STORE": "memory by default; postgres: bring your own Azure Database for PostgreSQL",
     "CHAT_THREADS_POSTGRES_URL": "bring your own Azure Database for PostgreSQL; infra does not create one",
@@ -500,6 +497,40 @@ def test_storage_has_no_shared_key_access():
     properties = get(body(accounts[0][1]), "properties")
     assert text(get(properties, "allowSharedKeyAccess")) == "false"
     assert text(get(properties, "allowBlobPublicAccess")) == "false"
+
+
+def test_stream_store_container_lifecycle_rule_and_app_settings():
+    """Resumable streams: a private container, swept after a day, reached keylessly by the app."""
+    storage_bicep = INFRA / "core" / "storage.bicep"
+    containers = dict(resources(storage_bicep, "Microsoft.Storage/storageAccounts/blobServices/containers"))
+    stream = body(containers["streamContainer"])
+    assert text(get(stream, "name")) == "streamContainerName"
+    assert literal(get(stream, "properties", "publicAccess")) == "None"
+    storage_module = body(declarations(MAIN, "module")["storage"])
+    assert literal(get(storage_module, "params", "streamContainerName")) == Settings().stream_store_container
+
+    (policy,) = resources(storage_bicep, "Microsoft.Storage/storageAccounts/managementPolicies")
+    policy_body = body(policy[1])
+    assert literal(get(policy_body, "name")) == "default"
+    (rule,) = get(policy_body, "properties", "policy", "rules").named_children
+    assert text(get(rule, "enabled")) == "true" and literal(get(rule, "type")) == "Lifecycle"
+    filters = get(rule, "definition", "filters")
+    assert {literal(t) for t in get(filters, "blobTypes").named_children} == {"appendBlob", "blockBlob"}
+    (prefix,) = get(filters, "prefixMatch").named_children
+    assert text(prefix) == "'${streamContainer.name}/'", "the rule must cover the stream container only"
+    delete = get(rule, "definition", "actions", "baseBlob", "delete")
+    assert text(get(delete, "daysAfterModificationGreaterThan")) == "streamRetentionDays"
+    retention = declarations(storage_bicep, "parameter")["streamRetentionDays"]
+    assert text(retention.named_children[-1]) == "1"
+
+    s = bicep_app_settings()
+    assert s["CHAT_STREAM_STORE"] == "'blob'"
+    assert s["CHAT_STREAM_STORE_URL"] == "storageBlobEndpoint"
+    assert s["CHAT_STREAM_STORE_CONTAINER"] == "streamContainerName"
+    assert "CHAT_STREAM_STORE_CONNECTION_STRING" not in s, "keyless: never a connection string in Azure"
+    api = body(declarations(MAIN, "module")["api"])
+    assert text(get(api, "params", "streamContainerName")) == "storage.outputs.streamContainerName"
+    assert text(get(api, "params", "storageBlobEndpoint")) == "storage.outputs.blobEndpoint"
 
 
 def test_no_forbidden_flex_settings_in_bicep():

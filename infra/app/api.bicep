@@ -14,6 +14,8 @@ param identityClientId string
 param storageAccountName string
 param storageBlobEndpoint string
 param deploymentContainerName string
+@description('Blob container of resumable chat streams, shared by every instance (CHAT_STREAM_STORE_CONTAINER).')
+param streamContainerName string
 param applicationInsightsName string
 
 param openAiEndpoint string
@@ -102,6 +104,10 @@ var appSettings = [
   { name: 'CHAT_HEARTBEAT_SECONDS', value: string(chatHeartbeatSeconds) }
   { name: 'CHAT_LOG_CONTENT', value: chatLogContent ? 'true' : 'false' }
   { name: 'CHAT_LOG_LEVEL', value: chatLogLevel }
+  // Resumable streams shared by every instance, keyless (the identity's Storage Blob Data Owner role).
+  { name: 'CHAT_STREAM_STORE', value: 'blob' }
+  { name: 'CHAT_STREAM_STORE_URL', value: storageBlobEndpoint }
+  { name: 'CHAT_STREAM_STORE_CONTAINER', value: streamContainerName }
 ]
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
