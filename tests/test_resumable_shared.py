@@ -125,7 +125,7 @@ def test_stop_on_another_instance_ends_the_stream_with_its_usage(
                 events.append(json.loads(sse.data))
                 if len(events) == 5:
                     url = f"{b.url}/api/chat/{events[0]['id']}/stop"
-                    stopper = threading.Thread(target=lambda: answers.append(other.post(url)))
+                    stopper = threading.Thread(target=lambda url=url: answers.append(other.post(url)))
                     stopper.start()
         stopper.join(10)
     assert answers[0].status_code == 202 and answers[0].json()["status"] == "stopping"
@@ -139,7 +139,9 @@ def test_stop_on_another_instance_ends_the_stream_with_its_usage(
     assert sim.stats()["open_streams"] == 0, "the model call was cancelled"
 
 
-def test_unknown_streams_are_unknown_on_every_instance(apps: tuple[SubprocessServer, SubprocessServer]) -> None:
+def test_unknown_streams_are_unknown_on_every_instance(
+    apps: tuple[SubprocessServer, SubprocessServer],
+) -> None:
     with httpx.Client(timeout=30) as client:
         for app in apps:
             response = client.get(f"{app.url}/api/chat/nothing-here/stream", headers={"Last-Event-ID": "2"})
