@@ -9,10 +9,10 @@ const API = `${APP}/api/chat`;
 
 /** The chat state useChat keeps in React, as plain fields. */
 class PlainState {
-  constructor() {
+  constructor(messages = []) {
     this.status = "ready";
     this.error = undefined;
-    this.messages = [];
+    this.messages = messages;
   }
   pushMessage(message) {
     this.messages = this.messages.concat(message);
@@ -30,7 +30,7 @@ class PlainState {
 
 class Chat extends AbstractChat {
   constructor(options = {}) {
-    super({ ...options, state: new PlainState() });
+    super({ ...options, state: new PlainState(options.messages) });
   }
 }
 
@@ -238,11 +238,45 @@ test("heartbeats: `: ping` lines are on the wire and the SDK reads past them", a
   assert.equal(chat.messages[1].metadata.finish_reason, "stop");
 });
 
-test("resume: GET /api/chat/{id}/stream is 204, so resumeStream finds nothing and the chat is ready", async () => {
+test("resume: a chat with no running stream gets 204, so resumeStream finds nothing and the chat is ready", async () => {
   const transport = new DefaultChatTransport({ api: API });
   assert.equal(await transport.reconnectToStream({ chatId: "chat-1" }), null);
   const chat = new Chat({ id: "chat-2", transport });
   await chat.resumeStream();
   assert.equal(chat.status, "ready");
   assert.equal(chat.messages.length, 0);
+});
+
+test("resume: a page that went away mid-answer gets the whole message once from resumeStream", async () => {
+  const chatId = `chat-resume-${Date.now()}`;
+  const prompt = "[sim:tokens=60;token-delay=40] resume me";
+  // The first page: a resumable request, abandoned once some text arrived (the tab closed).
+  const first = new Chat({
+    id: chatId,
+    transport: new DefaultChatTransport({ api: API, body: { resumable: true } }),
+  });
+  const sending = first.sendMessage({ text: prompt });
+  for (let i = 0; i < 200 && !(first.messages[1] && text(first.messages[1]).length > 0); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assert.ok(text(first.messages[1]).length > 0, "some text before the page went away");
+  await first.stop(); // aborts the fetch only: the run goes on for CHAT_RESUME_GRACE_SECONDS
+  await sending;
+  const partial = text(first.messages[1]);
+  // The reloaded page has the user's message (persisted) and asks for the chat's running stream.
+  const second = new Chat({
+    id: chatId,
+    transport: new DefaultChatTransport({ api: API }),
+    messages: [first.messages[0]],
+  });
+  await second.resumeStream();
+  assert.equal(second.status, "ready", second.error?.message);
+  assert.equal(second.messages.length, 2);
+  const whole = text(second.messages[1]);
+  assert.ok(whole.startsWith(partial), "the resumed message begins with what the first page showed");
+  assert.ok(whole.length > partial.length, "and goes on to the end");
+  assert.equal(second.messages[1].metadata.finish_reason, "stop");
+  assert.equal(second.messages[1].metadata.usage.completion_tokens, 60);
+  // Finished: the next page load finds nothing to resume.
+  assert.equal(await new DefaultChatTransport({ api: API }).reconnectToStream({ chatId }), null);
 });
