@@ -120,6 +120,9 @@ def _variant(data: dict[str, Any]) -> dict[str, Any]:
             c = copy.deepcopy(base)
             c.update(key=key, loop=loop)
             contenders.append(c)
+    # The rendering of a limit not reached, whatever this (tiny, possibly busy) smoke run measured.
+    for c in contenders:
+        c.update(max_streams=4, max_streams_is_lower_bound=True)
     naive = contenders[2]
     failed_level = copy.deepcopy(naive["levels"][0])
     failed_level.update(streams=8, trials=2, passed=False)
