@@ -3,8 +3,9 @@
 The SDK ships one (`openai.DefaultAioHttpClient`), but it maps a refused connection to a *timeout*
 (`ClientConnectorError` is also a `ClientConnectionError`, which it maps to `ConnectTimeout`), so a
 dead upstream would be reported as 504 instead of 502. This one maps failures the way httpx's own
-transport does, and exposes the aiohttp response (`AIOHTTP_RESPONSE` in `Response.extensions`) so
-`chunk_stream` can read the body without the httpx2 wrapper layers.
+transport does, and exposes the aiohttp response and a `BodyReader` of its body (`AIOHTTP_RESPONSE`,
+`BODY_READER` in `Response.extensions`) so `chunk_stream` can read the body without the httpx2
+wrapper layers.
 
 Three rules of its own. Redirects are never followed, by aiohttp or by the httpx2 client above it (the
 `Location` header of a 3xx is dropped, so the SDK sees a plain status error): the model's endpoint is
@@ -23,11 +24,13 @@ import contextlib
 import errno
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 
 import aiohttp
 import httpx2
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
 from yarl import URL
 
@@ -35,6 +38,8 @@ log = logging.getLogger("chatstream.transport")
 
 #: Key of the aiohttp `ClientResponse` in an `httpx2.Response`'s extensions.
 AIOHTTP_RESPONSE = "chatstream.aiohttp_response"
+#: Key of its `BodyReader` (what `chunk_stream` reads the body with, past the httpx2 wrapper layers).
+BODY_READER = "chatstream.body_reader"
 
 #: Idle pooled connections are dropped after this many seconds: clearly below the 5 s idle close of
 #: common servers (uvicorn, many proxies), so the pool never hands out one the server is closing.
@@ -45,6 +50,12 @@ KEEPALIVE_SECONDS = 4.0
 #: end arrives within this many seconds (and this many bytes), else it is closed.
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 64 * 1024
+
+#: Whether the body's read timeout can be taken from aiohttp's protocol (private names, hence checked):
+#: else aiohttp keeps it, re-arming its timer per read.
+_OWN_READ_TIMEOUT = hasattr(ResponseHandler, "_reschedule_timeout") and isinstance(
+    getattr(ResponseHandler, "read_timeout", None), property
+)
 
 #: A reused connection that failed with one of these before any byte of the response came back.
 _STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
@@ -57,43 +68,111 @@ if not hasattr(aiohttp.StreamReader, "_read_nowait"):
     raise ImportError("aiohttp.StreamReader._read_nowait is missing")
 
 
+def mapped(exc: BaseException, connecting: bool) -> Exception:
+    """An aiohttp (or socket) failure as the httpx2 one the openai SDK turns into its own."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx2.ConnectTimeout(str(exc))
+    if isinstance(exc, aiohttp.SocketTimeoutError):  # sock_read: silence after the request was sent
+        return httpx2.ReadTimeout(str(exc) or "read timed out")
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):  # SocketTimeoutError included
+        return (httpx2.ConnectTimeout if connecting else httpx2.ReadTimeout)(str(exc) or "timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx2.ConnectError(str(exc))
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+        return httpx2.RemoteProtocolError(str(exc))
+    return (httpx2.ConnectError if connecting else httpx2.ReadError)(str(exc))
+
+
+#: What `mapped` translates (anything else passes through untouched).
+_MAPPED = (aiohttp.ClientError, OSError, TimeoutError)
+
+
 @contextlib.contextmanager
 def mapped_errors(connecting: bool) -> Iterator[None]:
     """aiohttp's exceptions as the httpx2 ones the openai SDK turns into its own."""
     try:
         yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx2.ConnectTimeout(str(exc)) from exc
-    except aiohttp.SocketTimeoutError as exc:  # sock_read: silence after the request was sent
-        raise httpx2.ReadTimeout(str(exc) or "read timed out") from exc
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:  # SocketTimeoutError included
-        raise (httpx2.ConnectTimeout if connecting else httpx2.ReadTimeout)(str(exc) or "timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx2.ConnectError(str(exc)) from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise httpx2.RemoteProtocolError(str(exc)) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise (httpx2.ConnectError if connecting else httpx2.ReadError)(str(exc)) from exc
+    except _MAPPED as exc:
+        raise mapped(exc, connecting) from exc
 
 
-async def read_body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body as it arrives, each read whatever the socket had (never waits to fill a buffer).
+class BodyReader:
+    """Reads a streamed response body, each read whatever the socket had (never waits to fill a buffer).
+
+    Per read it costs one await: no context manager, and no timer re-armed. aiohttp's own `sock_read`
+    timeout cancels and re-creates a timer on every network read; here the read timeout is one timer
+    per stream that fires at most once per `read_timeout` and checks whether a read has been waiting
+    that long (then the read fails with `httpx2.ReadTimeout`, as with `sock_read`). Time spent while
+    nobody waits on the upstream (the caller writing to a slow client) is not upstream silence.
 
     When the upstream drops or resets the connection, aiohttp raises on the next read even if bytes
-    that arrived before the drop are still buffered; those are forwarded first (httpx does the same)."""
-    content = response.content
-    while True:
-        try:
-            with mapped_errors(connecting=False):
-                data = await content.readany()
-        except (httpx2.RemoteProtocolError, httpx2.ReadError):
-            leftover = _buffered(content)
-            if leftover:
-                yield leftover
-            raise
-        if not data:
+    that arrived before the drop are still buffered; those are returned first, the failure after
+    (httpx does the same)."""
+
+    __slots__ = ("_content", "_failure", "_handle", "_loop", "_read_timeout", "_waiting_since", "response")
+
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float | None = None) -> None:
+        self.response = response
+        self._content = response.content
+        self._failure: Exception | None = None
+        self._loop = asyncio.get_running_loop()
+        self._read_timeout = read_timeout if read_timeout and read_timeout > 0 else None
+        self._waiting_since: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        if self._read_timeout is not None:
+            self._handle = self._loop.call_later(self._read_timeout, self._check)
+
+    def _check(self) -> None:
+        timeout = self._read_timeout
+        assert timeout is not None
+        since = self._waiting_since
+        now = self._loop.time()
+        if since is not None and now - since >= timeout:
+            self._handle = None
+            self._content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
             return
-        yield data
+        self._handle = self._loop.call_at((now if since is None else since) + timeout, self._check)
+
+    def stop_timer(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    async def read(self) -> bytes:
+        """The next bytes of the body; b"" at its end."""
+        if self._failure is not None:
+            raise self._failure
+        self._waiting_since = self._loop.time()
+        try:
+            data = await self._content.readany()
+        except _MAPPED as exc:
+            self._waiting_since = None
+            self.stop_timer()
+            failure = mapped(exc, connecting=False)
+            failure.__cause__ = exc
+            leftover = (
+                _buffered(self._content)
+                if isinstance(failure, (httpx2.RemoteProtocolError, httpx2.ReadError))
+                else b""
+            )
+            if leftover:
+                self._failure = failure
+                return leftover
+            raise failure from exc
+        self._waiting_since = None
+        if not data:
+            self.stop_timer()
+        return data
+
+    async def close(self) -> None:
+        """Reuse the connection if the body was read to the end; otherwise close it (the upstream sees it)."""
+        self.stop_timer()
+        await close(self.response)
+
+    def finish(self) -> None:
+        """The answer is complete: see `finish`."""
+        self.stop_timer()
+        finish(self.response)
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:
@@ -152,18 +231,35 @@ async def _linger(response: aiohttp.ClientResponse) -> None:
 
 
 class _Body(httpx2.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+    def __init__(self, reader: BodyReader) -> None:
+        self._reader = reader
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for data in read_body(self._response):
+        read = self._reader.read
+        while data := await read():
             yield data
 
     async def aclose(self) -> None:
-        await close(self._response)
+        await self._reader.close()
 
 
 Proxy = tuple[URL | None, BasicAuth | None]
+
+
+def _take_over_read_timeout(response: aiohttp.ClientResponse) -> float | None:
+    """Once the head is here, the body's read timeout is the `BodyReader`'s: aiohttp's is turned off
+    for this response (its protocol re-arms a timer on every network read). Returns the timeout the
+    reader must keep, or None when aiohttp keeps it (no timeout, or an aiohttp without these names)."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is None or not _OWN_READ_TIMEOUT:
+        return None
+    timeout = protocol.read_timeout
+    if not timeout:
+        return None
+    protocol.read_timeout = None
+    protocol._reschedule_timeout()  # cancels the timer armed for the head
+    return timeout
 
 
 def _env_proxy(url: URL) -> Proxy:
@@ -206,6 +302,14 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         #: Proxy per origin, looked up once: aiohttp's `trust_env` would look it up (and parse
         #: ~/.netrc) in a worker thread on every request, two thread hops before the request is sent.
         self._proxies: dict[tuple[str, str, int | None], Proxy] = {}
+        #: The TLS context httpx would use (certifi's CAs), built on the first https request only, in a
+        #: worker thread: loading the CA bundle takes about 0.1 s, which an http:// upstream never needs.
+        self._ssl: asyncio.Future[ssl.SSLContext] | None = None
+
+    async def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None or (self._ssl.done() and self._ssl.exception() is not None):
+            self._ssl = asyncio.ensure_future(asyncio.to_thread(httpx2.create_ssl_context))
+        return await asyncio.shield(self._ssl)
 
     async def _proxy(self, url: URL) -> Proxy:
         key = (url.scheme, url.host or "", url.port)
@@ -220,7 +324,6 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 keepalive_timeout=self.keepalive_timeout,
-                ssl=httpx2.create_ssl_context(),
             )
             reuse = aiohttp.TraceConfig()
             reuse.on_connection_reuseconn.append(_on_reuse)
@@ -234,6 +337,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         session = self._get_session()
         url = URL(str(request.url), encoded=True)
         proxy, proxy_auth = await self._proxy(url)
+        tls: ssl.SSLContext | bool = await self._ssl_context() if url.scheme == "https" else True
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in request.headers.raw
@@ -257,6 +361,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                         headers=headers,
                         data=data,
                         allow_redirects=False,
+                        ssl=tls,
                         timeout=client_timeout,
                         trace_request_ctx=trace,
                     )
@@ -275,12 +380,13 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 response.headers.get("Location"),
             )
             raw_headers = [(k, v) for k, v in raw_headers if k.lower() != b"location"]
+        reader = BodyReader(response, _take_over_read_timeout(response))
         return httpx2.Response(
             status_code=response.status,
             headers=raw_headers,
-            stream=_Body(response),
+            stream=_Body(reader),
             request=request,
-            extensions={"http_version": b"HTTP/1.1", AIOHTTP_RESPONSE: response},
+            extensions={"http_version": b"HTTP/1.1", AIOHTTP_RESPONSE: response, BODY_READER: reader},
         )
 
     async def aclose(self) -> None:

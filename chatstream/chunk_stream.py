@@ -29,7 +29,7 @@ import httpx2
 import openai
 import orjson
 
-from chatstream.aiohttp_transport import AIOHTTP_RESPONSE, finish, read_body
+from chatstream.aiohttp_transport import BODY_READER, BodyReader
 from chatstream.upstream import StreamTruncated, UpstreamProtocolError
 
 Chunk = dict[str, Any]
@@ -332,15 +332,26 @@ class DictChunkStream:
         decoder = _Decoder(response.request)
         decode = decoder.decode
         coalesce = self.coalesce
-        raw = response.extensions.get(AIOHTTP_RESPONSE)
+        reader: BodyReader | None = response.extensions.get(BODY_READER)
         try:
             failure: openai.APIError | None = _not_sse(response)
             if failure is not None:
                 raise failure
             # Our aiohttp transport: read its body directly, past the httpx2 wrapper layers.
-            body = read_body(raw) if raw is not None else response.aiter_bytes()
+            if reader is not None:
+                read = reader.read
+            else:
+                read = aiter(response.aiter_bytes()).__anext__
             received = False
-            async for data in body:
+            while True:
+                try:
+                    data = await read()
+                except StopAsyncIteration:
+                    break
+                if not data:
+                    if reader is None:
+                        continue
+                    break  # the reader's end of body
                 received = True
                 pending: Chunk | None = None
                 pending_text: list[str] = []
@@ -378,8 +389,8 @@ class DictChunkStream:
                         raise StreamTruncated(
                             "the model server ended an empty stream", response.request, body=None
                         )
-                    if raw is not None:
-                        finish(raw)  # ends now even if the server keeps the connection open
+                    if reader is not None:
+                        reader.finish()  # ends now even if the server keeps the connection open
                     return
             if not decoder.finished:
                 if received and not parser.looks_like_sse():
