@@ -21,7 +21,7 @@ over `MAX_EVENT_BYTES`) raise `UpstreamProtocolError`. Both are the upstream's f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -338,6 +338,7 @@ class DictChunkStream:
             if failure is not None:
                 raise failure
             # Our aiohttp transport: read its body directly, past the httpx2 wrapper layers.
+            read: Callable[[], Awaitable[bytes]]
             if reader is not None:
                 read = reader.read
             else:

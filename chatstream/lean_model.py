@@ -102,7 +102,7 @@ class LeanStreamingMixin:
             if message.id is None:
                 message.id = run_id
             last = message
-            yield message
+            yield message  # type: ignore[misc]  # an AIMessageChunk: what the chat model's stream yields
         if isinstance(last, AIMessageChunk) and not last.chunk_position:
             yield AIMessageChunk(
                 content="" if isinstance(last.content, str) else [], chunk_position="last", id=run_id
