@@ -188,6 +188,7 @@ class ChatEndpoint:
             assert encoder is not None
             if resumable:
                 return await self._stream_resumable(request, run, protocol, chat_request, encoder, cors)
+            self.live[run.request_id] = run
             return await self._stream(request, run, encoder, cors)
         except ClientGone:
             return Response(status_code=499, headers={"X-Request-Id": request_id})
@@ -370,7 +371,6 @@ class ChatEndpoint:
         loop = asyncio.get_running_loop()
         if deadline_at is None:
             deadline_at = loop.time() + settings.deadline_seconds
-        self.live.setdefault(run.request_id, run)
         stream = run.events()
         waiting: asyncio.Task[Event] = asyncio.ensure_future(anext(stream))
         gone = asyncio.ensure_future(_disconnected(request))
