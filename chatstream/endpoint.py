@@ -395,6 +395,11 @@ class ChatEndpoint:
             except ChatError:
                 run.log_outcome()
                 raise
+            except StopAsyncIteration:
+                # A resume after the last event of a finished stream (EventSource reconnects so once the
+                # body ends): nothing to send, and 204 is what tells EventSource to stop reconnecting.
+                run.log_outcome()
+                return Response(status_code=204, headers={"X-Request-Id": run.request_id, **cors})
         return EventStreamResponse(
             run,
             first,

@@ -127,7 +127,12 @@ class EventStreamResponse(Response):
 
     async def _events(self) -> AsyncIterator[Event]:
         first = self.first
-        yield await first if isinstance(first, asyncio.Task) else first
+        if isinstance(first, asyncio.Task):
+            try:
+                first = await first
+            except StopAsyncIteration:  # a resumed stream that ended with nothing more for this reader
+                return
+        yield first
         async for event in self.rest:
             yield event
 
