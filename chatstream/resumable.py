@@ -39,6 +39,8 @@ _EVENT_OVERHEAD = 96
 MIRROR_SECONDS = 0.1
 #: A reader on another instance says it is reading this often.
 READER_TOUCH_SECONDS = 1.0
+#: How long the producer waits for a reader behind a full window before leaving it behind.
+READER_STALL_SECONDS = 5.0
 #: A stopped run that has not ended after this is cancelled outright.
 STOP_TIMEOUT_SECONDS = 5.0
 
@@ -100,7 +102,13 @@ class StreamLog:
         self.readers = 0
         self.created = time.monotonic()
         #: When a reader on another instance was last seen (monotonic), via the shared store.
-        self.remote_reader_at = 0.0
+        self.remote_reader_at = float("-inf")
+        #: Each attached reader's next position (a one-item list it updates): the window is not trimmed
+        #: past the slowest of them until it reaches twice the limit.
+        self._cursors: list[list[int]] = []
+        #: Set while the producer waits for a reader to make room in the window.
+        self._room: asyncio.Future[None] | None = None
+        self._stopping = False
         self._waiter: asyncio.Future[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._producer: asyncio.Task[None] | None = None
@@ -124,6 +132,8 @@ class StreamLog:
             async with asyncio.timeout_at(deadline_at):
                 async for event in stream:
                     self._append(event)
+                    if self.size > self.max_bytes:
+                        await self._make_room()
                     # A layer below may absorb the timeout's one cancellation (see response.py).
                     if loop.time() >= deadline_at:
                         raise TimeoutError
@@ -154,19 +164,44 @@ class StreamLog:
             return
         self.events.append(event)
         self.size += _size(event)
-        if self.size > self.max_bytes:
-            self._trim()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _trim(self) -> None:
-        """Keep the latest events only (down to 3/4 of the limit, so trims are rare)."""
+    async def _make_room(self) -> None:
+        """Over the limit: drop what every attached reader has sent. A reader behind (its caller reads
+        slower than the model writes) gets up to `READER_STALL_SECONDS` to catch up, so the producer
+        waits for it as a stream that is not resumable waits for its caller; after that it is left
+        behind, and ends with `stream_not_resumable` rather than holding the memory."""
+        self._trim(force=False)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + READER_STALL_SECONDS
+        while self.size > self.max_bytes and self._cursors:
+            remaining = give_up - loop.time()
+            if remaining <= 0:
+                break
+            room = self._room = loop.create_future()
+            try:
+                await asyncio.wait_for(room, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self._room = None
+            self._trim(force=False)
+        if self.size > self.max_bytes:
+            self._trim(force=True)
+
+    def _trim(self, *, force: bool) -> None:
+        """Keep the latest events only (down to 3/4 of the limit, so trims are rare); unless `force`,
+        never the ones an attached reader has yet to send."""
         target = self.max_bytes * 3 // 4
+        keep_from = len(self.events) - 1
+        if self._cursors and not force:
+            keep_from = min(keep_from, min(cursor[0] for cursor in self._cursors) - self.base)
         drop = 0
-        while self.size > target and drop < len(self.events) - 1:
+        while self.size > target and drop < keep_from:
             self.size -= _size(self.events[drop])
             drop += 1
         del self.events[:drop]
@@ -200,15 +235,17 @@ class StreamLog:
 
     def stop(self, *, outcome: str = "stopped") -> None:
         """End the run cleanly (`end` with `finish_reason: "cancelled"` and the usage so far)."""
-        if self.finished:
+        if self.finished or self._stopping:
             return
+        self._stopping = True
         self.run.stop(outcome=outcome)
         asyncio.get_running_loop().call_later(STOP_TIMEOUT_SECONDS, self._force_cancel)
 
     def _force_cancel(self) -> None:
-        if not self.finished and self._producer is not None:
+        """The run did not end in time after a stop: it ends now, with an `error` and its `end`."""
+        if not self.finished:
             log.warning("resumable stream did not stop in time request_id=%s", self.stream_id)
-            self._producer.cancel()
+            self.fail(errors.internal_error())
 
     # -- readers --------------------------------------------------------------------------------
 
@@ -217,36 +254,42 @@ class StreamLog:
 
         Raises `ChatError`: the run's failure before its first event, or `stream_not_resumable`
         when the events wanted are no longer kept."""
-        position = after + 1
-        self._attach()
+        cursor = [after + 1]
+        self._attach(cursor)
         try:
             while True:
                 while True:
+                    position = cursor[0]
                     index = position - self.base
                     if index < 0:
                         raise errors.stream_not_resumable()
                     if index >= len(self.events):
                         break
-                    position += 1
+                    cursor[0] = position + 1
+                    room = self._room
+                    if room is not None and not room.done():
+                        room.set_result(None)  # the producer waits for readers to make room
                     yield self.events[index]
                 if self.finished:
-                    if self.failure is not None and position == 0:
+                    if self.failure is not None and cursor[0] == 0:
                         raise self.failure
                     return
                 if self._waiter is None:
                     self._waiter = asyncio.get_running_loop().create_future()
                 await asyncio.shield(self._waiter)
         finally:
-            self._detach()
+            self._detach(cursor)
 
-    def _attach(self) -> None:
+    def _attach(self, cursor: list[int]) -> None:
         self.readers += 1
+        self._cursors.append(cursor)
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
 
-    def _detach(self) -> None:
+    def _detach(self, cursor: list[int]) -> None:
         self.readers -= 1
+        self._cursors.remove(cursor)
         if self.readers == 0 and not self.finished:
             self._grace = asyncio.get_running_loop().call_later(self.grace_seconds, self._grace_over)
 

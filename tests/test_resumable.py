@@ -277,3 +277,26 @@ def test_the_ai_sdk_resumes_its_running_chat_by_chat_id(app: str) -> None:
         assert len(text) > 0
         # Finished: the next page load finds nothing to resume.
         assert client.get(f"{app}/api/chat/{chat_id}/stream").status_code == 204
+
+
+def test_the_live_reader_gets_every_event_of_a_burst_larger_than_the_byte_limit() -> None:
+    """A zero-delay model delivers many chunks per network read: the kept window must not be trimmed
+    past what the connection reading live has yet to send."""
+    fast = start_in_thread(SimulatorConfig(ttft_ms=0, token_delay_ms=0, answer_tokens=3000))
+    settings = settings_for(
+        AZURE_OPENAI_ENDPOINT=fast.url,
+        AZURE_OPENAI_API_KEY="k",
+        CHAT_RESUME_MAX_BYTES=4096,
+        CHAT_COALESCE_DELTAS=False,
+    )
+    try:
+        with serve(settings) as server, httpx.Client(timeout=60) as client:
+            body = {"user": "burst", "resumable": True, "max_tokens": 3000}
+            response = client.post(f"{server.url}/api/chat", json=body)
+    finally:
+        fast.stop()
+    assert response.status_code == 200, response.text
+    events = _sse_events(response.text)
+    assert [i for i, _ in events] == list(range(len(events))), "no event skipped"
+    assert events[-1][1]["type"] == "end" and events[-1][1]["usage"]["completion_tokens"] == 3000
+    assert len([e for _, e in events if e["type"] == "delta"]) == 3000
