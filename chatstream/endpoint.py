@@ -25,7 +25,7 @@ from chatstream.fallback import FallbackRun
 from chatstream.protocols import NATIVE, ChatProtocol, StreamEncoder
 from chatstream.protocols.base import ResumableProtocol
 from chatstream.response import EventStreamResponse
-from chatstream.resumable import LogReader, ResumableStreams, StreamLog
+from chatstream.resumable import LogReader, ResumableStreams
 from chatstream.run import Run
 from chatstream.runner import ChainRun, collect
 from chatstream.schema import ChatRequest
@@ -137,6 +137,7 @@ class ChatEndpoint:
         self.service = service
         self.cors = CorsPolicy(service.settings.cors_origin_list)
         self.streams = streams or ResumableStreams(service.settings)
+        self.streams.alias_prefixes = tuple(f"{p.name}:" for p in (NATIVE, *protocols))
         #: Streams running on this instance, by request id, for `stop` (resumable or not).
         self.live: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
         #: The protocols a resumed stream may be in, by name.
@@ -265,7 +266,7 @@ class ChatEndpoint:
         key = request.path_params.get("id", "")
         try:
             after = last_event_id(request)
-            found = await self._reader(key, after)
+            found = await self.streams.reader(key, after)
             if found is None:
                 if after < 0:  # the AI SDK's probe, or a client that never got an event
                     return Response(status_code=204, headers=headers)
@@ -275,7 +276,7 @@ class ChatEndpoint:
             if protocol is not NATIVE and after >= 0:
                 # Only native streams resume mid-way; the others replay from their start.
                 after = -1
-                found = await self._reader(key, after)
+                found = await self.streams.reader(key, after)
                 if found is None:
                     raise errors.stream_not_found(key)
                 reader = found[0]
@@ -290,38 +291,6 @@ class ChatEndpoint:
             log.exception("chat resume failed request_id=%s", request_id)
             return NATIVE.error_response(errors.internal_error(), headers)
 
-    async def _reader(self, key: str, after: int) -> tuple[Run, str] | None:
-        """A reader of the stream `key` from after `after`: local first, then the shared store.
-
-        By an alias (the AI SDK's chat id) only a running stream is found: the SDK asks on every page
-        load, and a finished answer is already in its messages."""
-        aliases = self._aliases(key)
-        stream = self._local_stream(key)
-        if stream is not None:
-            if stream.stream_id != key and stream.finished:
-                return None
-            if after + 1 < stream.base:
-                raise errors.stream_not_resumable()
-            if after >= stream.end and stream.finished:
-                raise errors.invalid_last_event_id()
-            return LogReader(stream, after), stream.protocol
-        found = await self.streams.remote(key, after, active_only=False)
-        for alias in aliases:
-            if found is not None:
-                break
-            found = await self.streams.remote(alias, after, active_only=True)
-        return found
-
-    def _aliases(self, key: str) -> list[str]:
-        return [f"{name}:{key}" for name in self.protocols]
-
-    def _local_stream(self, key: str) -> StreamLog | None:
-        """The resumable stream on this instance named `key`: its request id, or an AI SDK chat id."""
-        stream = self.streams.local(key)
-        if stream is None:
-            stream = next(filter(None, map(self.streams.local, self._aliases(key))), None)
-        return stream
-
     async def stop(self, request: Request) -> Response:
         """`POST /api/chat/{id}/stop`: end a running stream cleanly; its caller gets `end` with
         `finish_reason: "cancelled"` and the usage so far."""
@@ -332,11 +301,11 @@ class ChatEndpoint:
         key = request.path_params.get("id", "")
         try:
             run = self.live.get(key)
-            stream = self._local_stream(key)
+            stream = self.streams.find(key)
             if run is None and stream is not None:
                 run = stream.run
             if run is None:
-                if any([await self.streams.request_stop(k) for k in (key, *self._aliases(key))]):
+                if await self.streams.request_stop(key):
                     return JSONResponse({"id": key, "status": "stopping"}, status_code=202, headers=headers)
                 raise errors.stream_not_found(key)
             if run.finished:

@@ -490,6 +490,8 @@ class ResumableStreams:
         self.store = store
         self._logs: OrderedDict[str, StreamLog] = OrderedDict()
         self._aliases: dict[str, str] = {}
+        #: How protocols name the ids they give streams (`ai-sdk:` + the AI SDK's chat id).
+        self.alias_prefixes: tuple[str, ...] = ()
 
     def start(
         self,
@@ -574,15 +576,51 @@ class ResumableStreams:
         return reader, stored.protocol
 
     async def request_stop(self, key: str) -> bool:
-        """Ask the instance running `key` to stop it, through the shared store."""
+        """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store."""
         if self.store is None:
             return False
+        store = self.store
         try:
-            stream_id = key if await self.store.read(key) is not None else await self.store.resolve(key)
-            return stream_id is not None and await self.store.request_stop(stream_id)
+            if await store.read(key) is not None:
+                return await store.request_stop(key)
+            for prefix in self.alias_prefixes:
+                stream_id = await store.resolve(prefix + key)
+                if stream_id is not None:
+                    return await store.request_stop(stream_id)
+            return False
         except Exception:
             log.warning("shared stream store failed while stopping %s", key)
             raise errors.stream_store_unavailable() from None
+
+    def find(self, key: str) -> StreamLog | None:
+        """The stream on this instance named `key`: its request id, or the id a protocol gave it (an AI SDK
+        chat id, kept as `ai-sdk:<id>`)."""
+        stream = self.local(key)
+        if stream is None:
+            stream = next(filter(None, (self.local(p + key) for p in self.alias_prefixes)), None)
+        return stream
+
+    async def reader(self, key: str, after: int) -> tuple[Run, str] | None:
+        """A reader of the stream `key` after position `after` and its protocol: this instance's first,
+        then the shared store's. None when there is none.
+
+        By an alias (the AI SDK's chat id) only a running stream is found: the SDK asks on every page
+        load, and a finished answer is already in its messages."""
+        stream = self.find(key)
+        if stream is not None:
+            if stream.stream_id != key and stream.finished:
+                return None
+            if after + 1 < stream.base:
+                raise errors.stream_not_resumable()
+            if after >= stream.end and stream.finished:
+                raise errors.invalid_last_event_id()
+            return LogReader(stream, after), stream.protocol
+        found = await self.remote(key, after, active_only=False)
+        for prefix in self.alias_prefixes:
+            if found is not None:
+                break
+            found = await self.remote(prefix + key, after, active_only=True)
+        return found
 
     def running(self) -> int:
         return sum(1 for s in self._logs.values() if not s.finished)
