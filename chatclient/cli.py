@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
 from chatclient.metrics import StreamMetrics
-from chatclient.render import TextPrinter
-from chatclient.stream import ChatHttpError, Message, ask, stream_chat
+from chatclient.render import TextPrinter, fallback_note
+from chatclient.stream import STOP_END_WAIT, ChatHttpError, ChatStream, Message, StreamCut, ask
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 ROLES = {"system", "user", "assistant"}
@@ -57,6 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--temperature", type=float)
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="do not ask for a resumable stream: a dropped connection ends the answer",
+    )
     parser.add_argument("--events", action="store_true", help="print every event as one JSON line instead")
     parser.add_argument("--no-metrics", action="store_true", help="do not print the metrics line")
     return parser.parse_args(argv)
@@ -122,20 +130,73 @@ async def run(
                 printer.handle({"deployment": result.get("deployment"), **event})
             out.write(result.get("content", "") + "\n")
         answer.append(result.get("content", ""))
+        if note := fallback_note(result.get("deployment"), result.get("fallback_from")):
+            print(note, file=sys.stderr)
         out.flush()
         return EXIT_OK
-    async for event in stream_chat(args.url, messages, format=args.format, **options):
-        metrics.observe(event)
-        if args.events:
-            out.write(json.dumps(event, ensure_ascii=False) + "\n")
-            out.flush()
-        printer.handle(event)
+    stream = ChatStream(
+        args.url,
+        messages,
+        format=args.format,
+        resumable=not args.no_resume,
+        on_resume=lambda n, _: print(f"\n(connection lost: reconnecting, {n})", file=sys.stderr, flush=True),
+        **options,
+    )
+    async with stream, _stop_on_ctrl_c(stream):
+        async for event in stream:
+            metrics.observe(event)
+            if args.events:
+                out.write(json.dumps(event, ensure_ascii=False) + "\n")
+                out.flush()
+            printer.handle(event)
     printer.finish()
     answer.append(printer.answer)
+    out.flush()
+    if stream.result.stopped:
+        print("stopped: the partial answer is kept", file=sys.stderr)
+        return EXIT_CANCELLED
     if not printer.ended:
         print("error: the stream ended before its end event", file=sys.stderr)
-    out.flush()
     return EXIT_FAILED if printer.failed or not printer.ended else EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_ctrl_c(stream: ChatStream) -> AsyncIterator[None]:
+    """The first Ctrl-C stops the answer (the stream then ends with its usage); a second one, one
+    before the app named the stream, or a stop the app refuses, cancels at once. Without loop signal
+    handlers (Windows), Ctrl-C cancels, and closing the stream still stops it."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopping: list[asyncio.Task[None]] = []
+    watchdog: list[asyncio.TimerHandle] = []
+
+    async def request_stop() -> None:
+        if not await stream.request_stop():
+            task.cancel()
+
+    def interrupted() -> None:
+        if stopping or stream.result.id is None or stream.result.ended:
+            task.cancel()
+            return
+        print("\n(stopping...)", file=sys.stderr, flush=True)
+        stopping.append(loop.create_task(request_stop()))
+        watchdog.append(loop.call_later(STOP_END_WAIT, task.cancel))  # the end must come
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        for handle in watchdog:
+            handle.cancel()
+        if stopping:  # the stop's answer comes right after the stream's end
+            await asyncio.wait(stopping, timeout=2.0)
+            stopping[0].cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     code = EXIT_FAILED
     answer: list[str] = []
     try:
-        # On Ctrl-C, asyncio.run cancels the task: leaving `async with` closes the connection,
-        # the app sees the disconnect and cancels the model call. Then KeyboardInterrupt surfaces here.
+        # The first Ctrl-C stops the answer and the stream ends normally (see _stop_on_ctrl_c). A
+        # cancelled run (a second Ctrl-C) closes the stream, which stops the answer on the app too.
         code = asyncio.run(run(args, messages, metrics, sys.stdout, answer, printer))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ncancelled", file=sys.stderr)
         code = EXIT_CANCELLED
+    except StreamCut as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
     except ChatHttpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -15,7 +15,7 @@ class StreamMetrics:
     first_token: float | None = None
     last_token: float | None = None
     deltas: int = 0
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
     finish_reason: str | None = None
 
     def observe(self, event: dict[str, Any]) -> None:
@@ -42,7 +42,7 @@ class StreamMetrics:
 
     @property
     def completion_tokens(self) -> int:
-        return self.usage["completion_tokens"] if self.usage else self.deltas
+        return int(self.usage["completion_tokens"]) if self.usage else self.deltas
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -61,9 +61,8 @@ class StreamMetrics:
             parts.append(f"{rate:.1f} tok/s")
         if self.usage:
             u = self.usage
-            parts.append(
-                f"usage {u['prompt_tokens']} in + {u['completion_tokens']} out = {u['total_tokens']}"
-            )
+            bill = f"usage {u['prompt_tokens']} in + {u['completion_tokens']} out = {u['total_tokens']}"
+            parts.append(bill + (" (estimated)" if u.get("estimated") else ""))
         else:
             parts.append(f"{self.deltas} deltas, usage not reported")
         if self.finish_reason and self.finish_reason != "stop":

@@ -34,6 +34,14 @@ def format_call(name: str, arguments: str) -> str:
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
 
 
+def fallback_note(deployment: str | None, fallback_from: list[dict[str, Any]] | None) -> str | None:
+    """`answered by gpt-4o after gpt-4o-mini failed (rate_limited)`, or None without a fallback."""
+    if not fallback_from:
+        return None
+    failed = ", ".join(f"{f.get('deployment')} failed ({f.get('code')})" for f in fallback_from)
+    return f"answered by {deployment} after {failed}"
+
+
 class TextPrinter:
     """Feed it every event; it prints them and keeps score (ended, failed, the answer to save)."""
 
@@ -73,6 +81,8 @@ class TextPrinter:
     def handle(self, event: Event) -> None:
         kind = event.get("type")
         deployment = str(event.get("deployment") or "")
+        if kind == "start" and (note := fallback_note(event.get("deployment"), event.get("fallback_from"))):
+            self.note(event, note)
         if kind == "start" and len(event.get("deployments") or []) > 1:
             self.deployments = list(event["deployments"])
             started = self.metrics.started

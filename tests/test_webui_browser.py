@@ -7,6 +7,7 @@ CI=true, where a missing browser is a failure rather than a silently smaller tes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -17,7 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
+from aoai_simulator.config import SimulatorConfig
+from aoai_simulator.server import start_in_thread
 from tests.conftest import REPO_ROOT, SLOW_ANSWER_TOKENS
+from tests.support.cutproxy import cut_proxy
+from tests.support.inprocess import serve, settings_for
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -144,14 +149,18 @@ def test_answer_streams_in_visible_steps_with_live_metrics(page, app):
     )
 
 
-def test_stop_halts_the_answer_and_the_model_call_is_closed(page, slow_app, slow_simulator):
+def test_stop_keeps_the_partial_answer_with_its_estimated_usage_and_the_model_call_is_closed(
+    page, slow_app, slow_simulator
+):
     open_chat(page, slow_app.url)
     page.fill("#prompt", "Tell me a long story")
     page.click("#send")
     page.wait_for_function(
         "() => (document.querySelector('.msg.assistant .text')?.textContent ?? '').length > 40"
     )
-    page.click("#stop")
+    with page.expect_response("**/api/chat/*/stop") as stopped:
+        page.click("#stop")
+    assert stopped.value.request.method == "POST" and stopped.value.status == 200
     assert wait_state(page, "stopped", "done", "error") == "stopped"
     shown = answer_text(page)
     time.sleep(0.6)  # 15 more tokens' worth of time: nothing may be added after Stop
@@ -162,6 +171,21 @@ def test_stop_halts_the_answer_and_the_model_call_is_closed(page, slow_app, slow
     assert record["outcome"] == "client_closed"
     assert record["chunks_sent"] < SLOW_ANSWER_TOKENS / 2
     assert "Stopped." in last_turn(page).text_content()
+    # The stream's own end arrived (not an aborted fetch): the partial answer keeps what it cost.
+    expected = reference_answer(slow_app.url, [{"role": "user", "content": "Tell me a long story"}])
+    assert len(shown) > 40 and expected["content"].startswith(shown)
+    meta = last_turn(page).locator(".meta")
+    assert meta.is_visible() and re.fullmatch(
+        r"\d+ in \+ \d+ out = \d+ \(estimated\) · cancelled", meta.text_content()
+    )
+    assert re.fullmatch(r"\d+ in \+ \d+ out = \d+ \(estimated\)", page.text_content("#m-usage"))
+    # The next question carries the partial answer in its history.
+    with page.expect_request("**/api/chat") as request:
+        page.fill("#prompt", "go on")
+        page.press("#prompt", "Enter")
+    assert request.value.post_data_json["messages"][1] == {"role": "assistant", "content": shown}
+    page.click("#stop")
+    assert wait_state(page, "stopped", "done", "error") in ("stopped", "done")
 
 
 def test_upstream_failure_mid_answer_is_shown_and_partial_text_kept(page, faulty_app):
@@ -372,3 +396,75 @@ def test_several_deployments_answer_side_by_side_each_with_its_own_end(page, app
     assert second["y"] >= first["y"] + first["height"] and abs(first["x"] - second["x"]) < 2
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+
+
+# --- Resume after a dropped connection, fallback ----------------------------------------------------
+
+
+@pytest.mark.parametrize("wire", ["sse", "ndjson"])
+def test_a_dropped_connection_resumes_and_the_answer_is_whole(page, app, paced_simulator, wire):
+    """The page is loaded through a TCP proxy that cuts the answer's connection after 900 bytes."""
+    question = f"Resume me over {wire}"
+    expected = reference_answer(app.url, [{"role": "user", "content": question}])
+    paced_simulator.reset()
+    with cut_proxy(app.url, after_bytes=900) as proxy:
+        open_chat(page, proxy.url)
+        if wire == "ndjson":
+            page.click("#settings summary")
+            page.select_option("#wire", "ndjson")
+        page.evaluate(
+            """() => {
+            window.__states = [];
+            new MutationObserver(() => {
+                const turn = document.querySelector('.msg.assistant');
+                if (turn) window.__states.push([turn.dataset.connection ?? '', turn.dataset.state,
+                                                turn.querySelector('.status')?.textContent ?? '']);
+            }).observe(document.getElementById('log'), {subtree: true, childList: true, attributes: true,
+                                                         characterData: true});
+        }"""
+        )
+        resumes: list[Any] = []
+        page.on("request", lambda r: resumes.append(r) if r.url.endswith("/stream") else None)
+        with page.expect_request("**/api/chat") as request:
+            page.fill("#prompt", question)
+            page.press("#prompt", "Enter")
+        assert request.value.post_data_json["resumable"] is True
+        assert wait_state(page, "done", "error", "stopped") == "done"
+        assert proxy.cut_log == ["POST /api/chat HTTP/1.1"], "the answer's connection was cut"
+    assert answer_text(page) == expected["content"], "nothing lost, nothing shown twice"
+    assert len(resumes) == 1 and int(resumes[0].headers["last-event-id"]) > 0
+    states = page.evaluate("() => window.__states")
+    assert ["reconnecting", "streaming", "Reconnecting…"] in states, "the page said it was reconnecting"
+    assert last_turn(page).get_attribute("data-connection") is None
+    assert last_turn(page).locator("[role=alert]").count() == 0
+    usage = expected["usage"]
+    assert page.text_content("#m-usage") == (
+        f"{usage['prompt_tokens']} in + {usage['completion_tokens']} out = {usage['total_tokens']}"
+    )
+    assert paced_simulator.stats()["requests_total"] == 1, "the model was asked once"
+
+
+def test_a_fallback_shows_which_deployment_answered_and_why(page):
+    sim = start_in_thread(
+        SimulatorConfig(ttft_ms=10, token_delay_ms=5, deployment_faults={"gpt-4o-mini": "429:retry-after=30"})
+    )
+    settings = settings_for(
+        AZURE_OPENAI_ENDPOINT=sim.url,
+        AZURE_OPENAI_API_KEY="k",
+        AZURE_OPENAI_DEPLOYMENT="gpt-4o-mini",
+        CHAT_DEPLOYMENTS="gpt-4o",
+        CHAT_FALLBACK_DEPLOYMENTS="gpt-4o",
+        CHAT_UPSTREAM_MAX_RETRIES=0,
+    )
+    try:
+        with serve(settings) as server:
+            open_chat(page, server.url)
+            page.fill("#prompt", "Who answers?")
+            page.press("#prompt", "Enter")
+            assert wait_state(page, "done", "error", "stopped") == "done"
+            note = last_turn(page).locator(".fallback")
+            assert note.text_content() == "answered by gpt-4o after gpt-4o-mini was rate limited"
+            assert note.get_attribute("role") == "note" and note.is_visible()
+            assert answer_text(page).startswith("You asked:")
+    finally:
+        sim.stop()

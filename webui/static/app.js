@@ -1,6 +1,6 @@
 // The chat page: multi-turn history, streaming with Stop, smooth display, live metrics.
 // Model output only ever goes into text nodes, never parsed as HTML, so it cannot inject markup.
-import { HttpError, postChat, readEvents } from "./stream.js";
+import { HttpError, StreamLost, postChat, resumableEvents, stopChat } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -30,7 +30,7 @@ const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)");
 
 /** Messages sent with every request; the answer is added once a turn ends. */
 let history = [];
-let current = null; // { controller, turn } while an answer is in flight
+let current = null; // { controller, turn, id, stopping } while an answer is in flight
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -204,10 +204,7 @@ class Output {
     this.box.dataset.ended = event.finish_reason || "";
     this.progress.textContent = "";
     const parts = [];
-    if (event.usage) {
-      const u = event.usage;
-      parts.push(`${u.prompt_tokens} in + ${u.completion_tokens} out = ${u.total_tokens}`);
-    }
+    if (event.usage) parts.push(formatUsage(event.usage));
     if (event.finish_reason) parts.push(event.finish_reason);
     this.meta.textContent = parts.join(" · ");
   }
@@ -260,6 +257,24 @@ class Turn {
     return first ? first.writer.text : "";
   }
 
+  /** The deployments that failed before the one that answered (`start.fallback_from`). */
+  showFallback(deployment, failures) {
+    const note = el("p", "fallback", fallbackNote(deployment, failures));
+    note.setAttribute("role", "note");
+    this.outputsNode.before(note);
+  }
+
+  /** The connection dropped and is being resumed: a discreet status, not an error. */
+  reconnecting(on) {
+    if (on) {
+      this.article.dataset.connection = "reconnecting";
+      this.status.textContent = "Reconnecting…";
+    } else if (this.article.dataset.connection) {
+      delete this.article.dataset.connection;
+      this.status.textContent = current?.stopping ? "Stopping…" : "";
+    }
+  }
+
   setState(state, status) {
     this.article.dataset.state = state;
     this.status.textContent = status;
@@ -300,9 +315,27 @@ function showMetrics(turn, final = false) {
   const seconds = turn.firstAt ? (until - turn.firstAt) / 1000 : 0;
   m.rate.textContent = seconds > 0.05 && tokens > 1 ? `${((tokens - 1) / seconds).toFixed(1)} tok/s` : "–";
   m.tokens.textContent = turn.usage ? String(tokens) : `${turn.deltas}${final ? "" : "…"}`;
-  m.usage.textContent = turn.usage
-    ? `${turn.usage.prompt_tokens} in + ${turn.usage.completion_tokens} out = ${turn.usage.total_tokens}`
-    : final ? "not reported" : "–";
+  m.usage.textContent = turn.usage ? formatUsage(turn.usage) : final ? "not reported" : "–";
+}
+
+/** `18 in + 11 out = 29`, marked when the app counted it itself (after a stop). */
+function formatUsage(u) {
+  const bill = `${u.prompt_tokens} in + ${u.completion_tokens} out = ${u.total_tokens}`;
+  return u.estimated ? `${bill} (estimated)` : bill;
+}
+
+const FAILED_AS = {
+  rate_limited: "was rate limited",
+  upstream_timeout: "timed out",
+  upstream_unavailable: "was unavailable",
+  upstream_overloaded: "was overloaded",
+};
+
+/** "answered by gpt-4o after gpt-4o-mini was rate limited" */
+function fallbackNote(deployment, failures) {
+  const what = failures.map((f) => `${f.deployment} ${FAILED_AS[f.code] || `failed (${f.code})`}`);
+  const list = what.length > 1 ? `${what.slice(0, -1).join(", ")} and ${what.at(-1)}` : what[0];
+  return `answered by ${deployment} after ${list}`;
 }
 
 function resetMetrics() {
@@ -314,7 +347,10 @@ function resetMetrics() {
 const handlers = {
   start(turn, event) {
     if (Array.isArray(event.deployments) && event.deployments.length > 1) turn.expect(event.deployments);
-    turn.setState("streaming", "");
+    if (Array.isArray(event.fallback_from) && event.fallback_from.length) {
+      turn.showFallback(event.deployment, event.fallback_from);
+    }
+    turn.setState("streaming", current?.stopping ? "Stopping…" : "");
   },
   delta(turn, event) {
     if (typeof event.delta_content !== "string" || !event.delta_content) return;
@@ -375,7 +411,8 @@ const handlers = {
     const failed = Array.isArray(event.failed) ? event.failed : [];
     const asked = Array.isArray(event.deployments) ? event.deployments.length : turn.outputs.size;
     turn.failed = failed;
-    turn.finishReason = failed.length && failed.length >= asked ? "error" : "stop";
+    const stopped = [...turn.ends.values()].some((e) => e.finish_reason === "cancelled");
+    turn.finishReason = failed.length && failed.length >= asked ? "error" : stopped ? "cancelled" : "stop";
   },
   heartbeat() {},
 };
@@ -393,6 +430,7 @@ function dispatch(turn, event) {
 }
 
 const FINISH_NOTES = {
+  cancelled: "Stopped.",
   length: "Stopped at the token limit.",
   content_filter: "Stopped by the content filter.",
   error: "The answer is incomplete.",
@@ -415,6 +453,8 @@ function addUserMessage(text) {
 
 function requestBody(messages) {
   const body = { messages, stream: ui.stream.checked };
+  // A streamed answer outlives a dropped connection: the page resumes it, and Stop ends it cleanly.
+  if (body.stream) body.resumable = true;
   if (ui.chain.value) body.chain = ui.chain.value;
   const deployments = chosenDeployments();
   if (deployments.length) body.deployments = deployments;
@@ -491,7 +531,9 @@ async function ask(question) {
   const smooth = body.stream !== false && ui.smooth.checked && !reducedMotion.matches;
   const turn = new Turn(smooth);
   const controller = new AbortController();
-  current = { controller, turn };
+  current = { controller, turn, id: null, stopping: false };
+  const key = ui.key.value.trim();
+  const ndjson = ui.wire.value === "ndjson";
   addUserMessage(question);
   ui.log.append(turn.article);
   keepScrolled(true);
@@ -499,13 +541,8 @@ async function ask(question) {
   resetMetrics();
   let timer = 0;
   try {
-    const response = await postChat({
-      url: CHAT_URL,
-      body,
-      key: ui.key.value.trim(),
-      signal: controller.signal,
-      ndjson: ui.wire.value === "ndjson",
-    });
+    const response = await postChat({ url: CHAT_URL, body, key, signal: controller.signal, ndjson });
+    current.id = response.headers.get("x-request-id");
     if (body.stream === false) {
       const answer = await response.json();
       turn.firstAt = turn.lastAt = performance.now();
@@ -516,16 +553,33 @@ async function ask(question) {
       for (const event of Array.isArray(answer.events) ? answer.events : []) {
         if (event.type !== "delta") dispatch(turn, { ...event, deployment: event.deployment ?? answer.deployment });
       }
+      if (Array.isArray(answer.fallback_from) && answer.fallback_from.length) {
+        turn.showFallback(answer.deployment, answer.fallback_from);
+      }
       const output = turn.output(answer.deployment);
       output.writer.push(answer.content || "");
       output.end(answer);
     } else {
       timer = setInterval(() => showMetrics(turn), 100);
-      for await (const event of readEvents(response)) dispatch(turn, event);
+      const events = resumableEvents({
+        url: CHAT_URL,
+        response,
+        key,
+        signal: controller.signal,
+        ndjson,
+        onReconnect: () => turn.reconnecting(true),
+        onResumed: () => turn.reconnecting(false),
+      });
+      for await (const event of events) {
+        if (event.type === "start" && event.id) current.id = event.id;
+        dispatch(turn, event);
+      }
     }
     if (turn.finishReason === undefined) {
       turn.showError("The connection closed before the answer finished.");
       await turn.settle("error", "");
+    } else if (turn.finishReason === "cancelled") {
+      turn.stopNow("stopped", FINISH_NOTES.cancelled); // Stop: show the partial answer at once
     } else {
       const failed = turn.multi && turn.failed?.length ? `${turn.failed.length} of ${turn.outputs.size} deployments failed.` : "";
       const note = turn.multi ? failed : FINISH_NOTES[turn.finishReason] || "";
@@ -534,6 +588,9 @@ async function ask(question) {
   } catch (error) {
     if (error.name === "AbortError") {
       turn.stopNow("stopped", "Stopped.");
+    } else if (error instanceof StreamLost) {
+      turn.showError(`The connection was lost and could not be resumed: ${error.message}.`);
+      turn.stopNow("error", "");
     } else if (error instanceof HttpError) {
       turn.showError(`HTTP ${error.status} (${error.code}): ${error.message}`);
       turn.stopNow("error", "");
@@ -546,7 +603,7 @@ async function ask(question) {
     showMetrics(turn, true);
     // Keep partial answers (Stop, errors mid-stream): the next question can refer to them.
     const answer = turn.text;
-    if (answer) history = [...messages, { role: "assistant", content: answer }];
+    if (answer && turn.article.isConnected) history = [...messages, { role: "assistant", content: answer }];
     current = null;
     setBusy(false);
   }
@@ -568,18 +625,42 @@ ui.prompt.addEventListener("keydown", (e) => {
   }
 });
 
-function stop() {
-  // Aborting the fetch closes the connection; the app sees it and cancels the model call.
-  if (current) current.controller.abort();
+/** How long the stream's `end` may take after a stop before the page gives up and closes it. */
+const STOP_END_WAIT_MS = 10000;
+
+/**
+ * Stop: ask the app to end the answer (POST .../stop). The stream then ends with `end`
+ * (`finish_reason: "cancelled"`, the usage so far, estimated), so the partial answer is kept with
+ * its cost. Before the app named the stream, on a second press, or if the stop fails, the fetch is
+ * aborted instead: closing the connection also ends the model call (at once, or after the app's
+ * grace period for a resumable stream nobody resumes).
+ */
+async function stop({ abort = false } = {}) {
+  if (!current) return;
+  const { controller, turn, id } = current;
+  if (abort || current.stopping || !id) {
+    if (id && !current.stopping) stopChat({ url: CHAT_URL, id, key: ui.key.value.trim() }).catch(() => {});
+    controller.abort();
+    return;
+  }
+  current.stopping = true;
+  if (!turn.article.dataset.connection) turn.status.textContent = "Stopping…";
+  const stillRunning = () => current && current.turn === turn;
+  const accepted = await stopChat({ url: CHAT_URL, id, key: ui.key.value.trim() }).catch(() => false);
+  if (!accepted) {
+    if (stillRunning()) controller.abort();
+    return;
+  }
+  setTimeout(() => stillRunning() && controller.abort(), STOP_END_WAIT_MS);
 }
 
-ui.stop.addEventListener("click", stop);
+ui.stop.addEventListener("click", () => stop());
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && current) stop();
 });
 
 ui.newChat.addEventListener("click", () => {
-  stop();
+  stop({ abort: true });
   history = [];
   for (const node of ui.log.querySelectorAll(".msg")) node.remove();
   ui.empty.hidden = false;
