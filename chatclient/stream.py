@@ -257,7 +257,7 @@ class ChatStream:
                     await self.request_stop()
             self._finished.set()
 
-    async def _connect(self, last_id: int) -> AsyncIterator[tuple[int | None, Event]]:
+    async def _connect(self, last_id: int) -> AsyncGenerator[tuple[int | None, Event], None]:
         """(id, event) for each event of one connection: the POST, or a resume after `last_id`."""
         headers = dict(self._headers)
         if self.result.id is None:
