@@ -123,6 +123,31 @@ def _request_schema(settings: Settings, chains: list[str]) -> tuple[dict[str, An
     return schema, defs
 
 
+_JSON = "application/json"
+#: A request id (`start.id`, `X-Request-Id`) or an AI SDK chat id.
+_ID_PARAMETER = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$"},
+}
+_STOPPED = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"enum": ["stopped", "stopping"]}},
+}
+
+
+def _route_errors(error_ref: dict[str, str], *statuses: str) -> dict[str, Any]:
+    return {
+        status: {
+            "description": "see docs/protocol.md",
+            "content": {"application/json": {"schema": error_ref}},
+        }
+        for status in statuses
+    }
+
+
 @lru_cache(maxsize=4)
 def _document(settings_key: tuple[int, int, int, int, str], chains: tuple[str, ...]) -> dict[str, Any]:
     max_messages, max_chars, max_tokens, max_body, efforts = settings_key
@@ -172,7 +197,41 @@ def _document(settings_key: tuple[int, int, int, int, str], chains: tuple[str, .
                     },
                     "responses": responses,
                 }
-            }
+            },
+            "/api/chat/{id}/stream": {
+                "get": {
+                    "operationId": "resume",
+                    "description": "Resume a resumable stream after Last-Event-ID (docs/protocol.md)",
+                    "parameters": [
+                        _ID_PARAMETER,
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                        {"name": "last_event_id", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": responses["200"],
+                        "204": {"description": "nothing to resume (no running stream by that chat id)"},
+                        **_route_errors(error_ref, "400", "404", "406", "410", "503"),
+                    },
+                }
+            },
+            "/api/chat/{id}/stop": {
+                "post": {
+                    "operationId": "stop",
+                    "description": "Stop a running stream: it ends with finish_reason cancelled, usage",
+                    "parameters": [_ID_PARAMETER],
+                    "responses": {
+                        "200": {
+                            "description": "stopped",
+                            "content": {"application/json": {"schema": _STOPPED}},
+                        },
+                        "202": {
+                            "description": "stopping",
+                            "content": {"application/json": {"schema": _STOPPED}},
+                        },
+                        **_route_errors(error_ref, "404", "409", "503"),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {**defs, "ChatRequest": request, "Error": ERROR_SCHEMA, "Answer": ANSWER_SCHEMA}

@@ -157,6 +157,28 @@ def test_openapi_contract(fault_app: SubprocessServer, mode: schemathesis.Genera
     run()
 
 
+@pytest.mark.parametrize(
+    ("path", "method"), [("/api/chat/{id}/stream", "GET"), ("/api/chat/{id}/stop", "POST")]
+)
+def test_resume_and_stop_routes_answer_every_id_and_header_as_documented(
+    fault_app: SubprocessServer, path: str, method: str
+) -> None:
+    """Arbitrary ids and Last-Event-IDs: a documented status and shape (404, 400, 204...), never a 5xx."""
+    schema = schemathesis.openapi.from_url(f"{fault_app.url}/api/openapi.json")
+    operation = schema[path][method]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(case=operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE))
+    def run(case: schemathesis.Case) -> None:
+        response = case.call(timeout=30)
+        assert response.status_code < 500, response.text
+        case.validate_response(response, excluded_checks=[positive_data_acceptance, negative_data_rejection])
+        if response.status_code >= 400:
+            assert response.json()["error"]["code"]
+
+    run()
+
+
 def test_openapi_document_states_the_limits(fault_app: SubprocessServer) -> None:
     document = httpx.get(f"{fault_app.url}/api/openapi.json").json()
     request = document["components"]["schemas"]["ChatRequest"]
