@@ -145,7 +145,7 @@ class _Decoder:
         except orjson.JSONDecodeError:
             raise self.junk(f"an event that is not JSON: {payload[:200]!r}") from None
         # The common case, checked inline: one choice, index 0, a delta of text and nothing else.
-        if type(chunk) is dict and "error" not in chunk and "usage" not in chunk:
+        if type(chunk) is dict and "error" not in chunk and chunk.get("usage") is None:
             choices = chunk.get("choices")
             if type(choices) is list and len(choices) == 1:
                 choice = choices[0]
