@@ -443,8 +443,8 @@ class DictChunkCompletions:
         LangChain hands over plain JSON-ready dicts, which that transform would leave unchanged."""
         direct = self._direct
         if direct is None:
-            direct = self._direct = DirectChat(self._completions._client, self._completions.create)
-        if direct.takes(params):
+            direct = self._direct = DirectChat(self._completions)
+        if direct.takes(params) and await direct.ready():
             response = await direct.open(params)
             if response is not None:
                 return DictChunkStream(response, self.coalesce)

@@ -19,6 +19,7 @@ query or timeout, a parameter `create` does not take) keeps the SDK path, unchan
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -97,6 +98,15 @@ class DirectResponse:
         await self.reader.close()
 
 
+class _Captured(Exception):
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self.body = body
+
+
+async def _capture_post(path: str, *, body: Mapping[str, Any] | None = None, **_: Any) -> Any:
+    raise _Captured(body or {})
+
+
 def _request(url: URL, headers: list[tuple[str, str]], data: bytes) -> httpx2.Request:
     return httpx2.Request("POST", str(url), headers=headers, content=data)
 
@@ -129,12 +139,31 @@ def _transport(client: Any) -> AiohttpTransport | None:
 class DirectChat:
     """One client's direct path: whether it applies, its templates per model, its credentials."""
 
-    def __init__(self, client: Any, create: Any) -> None:
-        self.client = client
+    def __init__(self, completions: Any) -> None:
+        self.completions = completions
+        self.client = client = completions._client
         self.azure = isinstance(client, openai.AsyncAzureOpenAI)
         self.transport = _transport(client)
-        self.accepted = frozenset(inspect.signature(create).parameters) - _REQUEST_OPTIONS
+        self.accepted = frozenset(inspect.signature(completions.create).parameters) - _REQUEST_OPTIONS
         self.templates: dict[Any, _Template] = {}
+        #: The SDK's order of the body's keys (`ready`).
+        self.order: tuple[str, ...] | None = None
+
+    async def ready(self) -> bool:
+        """Learn, once, the order in which the SDK writes the body's keys: a retried request must be the
+        same bytes whichever path sent it (servers may key on them, as the simulator's `times=N` does).
+        False when the SDK's `create` cannot be run that way (then it always sends)."""
+        if self.order is None:
+            resource = copy.copy(self.completions)
+            resource._post = _capture_post
+            try:
+                await resource.create(**{**dict.fromkeys(self.accepted - {"extra_body"}), "stream": True})
+            except _Captured as captured:
+                self.order = tuple(captured.body)
+            except Exception as exc:
+                log.warning("direct requests disabled: the SDK's create() could not be probed (%r)", exc)
+                self.order, self.transport = (), None
+        return self.transport is not None
 
     def takes(self, params: Mapping[str, Any]) -> bool:
         """Whether these `create()` arguments can go direct (else the SDK sends them)."""
@@ -189,13 +218,14 @@ class DirectChat:
         if credential is None:
             return None
         extra = params.get("extra_body")
+        assert self.order is not None
         body = {
-            name: value
-            for name, value in params.items()
-            if name != "extra_body" and not isinstance(value, NotGiven | Omit)
+            name: params[name]
+            for name in self.order
+            if name in params and not isinstance(params[name], NotGiven | Omit)
         }
         if extra:
-            body.update(extra)
+            body = {name: value for name, value in {**body, **extra}.items() if not isinstance(value, Omit)}
         template = self._template(body.get("model"))
         data = openapi_dumps(body)
         headers = [*template.headers, *credential]

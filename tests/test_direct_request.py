@@ -7,6 +7,7 @@ the bytes on the wire (headers and body) and every failure the caller can get mu
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -98,7 +99,7 @@ async def _stream(model: Any, prompt: str, **options: Any) -> list[str]:
 
 def _sdk_only(model: Any) -> None:
     """This model's client sends everything through the SDK (as before the direct path)."""
-    model.async_client._direct = direct.DirectChat(model.async_client._completions._client, lambda: None)
+    model.async_client._direct = direct.DirectChat(model.async_client._completions)
     model.async_client._direct.transport = None
 
 
@@ -132,14 +133,16 @@ def _requests(upstream: HostileUpstream, marker: str) -> list[Seen]:
     return [seen for seen in upstream.seen if marker in seen.body.decode()]
 
 
-def _wire(seen: Seen) -> tuple[str, str, dict[str, str], Any]:
-    """What the upstream reads: the body as JSON (the SDK orders its keys by its own signature)."""
-    return seen.method, seen.path, seen.headers, seen.json()
+def _wire(seen: Seen) -> tuple[str, str, dict[str, str], bytes]:
+    """What the upstream reads, byte for byte (a retry must be the same request whoever sends it)."""
+    return seen.method, seen.path, seen.headers, seen.body
 
 
-def test_direct_request_is_the_sdk_request(upstream: HostileUpstream, taken: list[bool]) -> None:
-    """Key auth, Azure: URL, query, every header (Content-Length included) and the body are what the
-    SDK sends."""
+def test_direct_request_is_the_sdk_request_byte_for_byte(
+    upstream: HostileUpstream, taken: list[bool]
+) -> None:
+    """Key auth, Azure: URL, query, every header and the body bytes (its keys in the SDK's order) are
+    what the SDK sends."""
     upstream.reset()
     model = lambda: build_model(_settings(upstream.url)).model  # noqa: E731
     prompt = '[hostile:ok] héllo "quoted" \u2603'
@@ -149,7 +152,8 @@ def test_direct_request_is_the_sdk_request(upstream: HostileUpstream, taken: lis
     wire = [_wire(seen) for seen in _requests(upstream, "quoted")]
     assert len(wire) == 4
     assert wire[0] == wire[1] == wire[2] == wire[3]
-    method, path, headers, body = wire[2]
+    method, path, headers, raw = wire[2]
+    body = json.loads(raw)
     assert method == "POST" and path == f"/openai/deployments/{DEPLOYMENT}/chat/completions?api-version=" + (
         Settings(_env_file=None).azure_openai_api_version  # type: ignore[call-arg]
     )
