@@ -246,6 +246,13 @@ class _Body(httpx2.AsyncByteStream):
 Proxy = tuple[URL | None, BasicAuth | None]
 
 
+def client_timeout(timeout: dict[str, float | None]) -> aiohttp.ClientTimeout:
+    """httpx2's timeout extension (`connect`, `read`, `pool`) as aiohttp's."""
+    return aiohttp.ClientTimeout(
+        sock_connect=timeout.get("connect"), sock_read=timeout.get("read"), connect=timeout.get("pool")
+    )
+
+
 def _take_over_read_timeout(response: aiohttp.ClientResponse) -> float | None:
     """Once the head is here, the body's read timeout is the `BodyReader`'s: aiohttp's is turned off
     for this response (its protocol re-arms a timer on every network read). Returns the timeout the
@@ -332,21 +339,22 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(connector=connector, trace_configs=[reuse])
         return self._session
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        timeout = request.extensions.get("timeout", {})
+    async def open(
+        self,
+        method: str,
+        url: URL,
+        headers: list[tuple[str, str]],
+        data: bytes | None,
+        limits: aiohttp.ClientTimeout,
+    ) -> tuple[aiohttp.ClientResponse, list[tuple[bytes, bytes]], BodyReader]:
+        """Send one request and return once its head is here: the aiohttp response, its headers as
+        httpx2 should see them, and the reader of its body. Failures are raised as httpx2's (`mapped`).
+
+        What `handle_async_request` does without the httpx2 objects: `chatstream.direct` opens
+        streamed chat completions with this."""
         session = self._get_session()
-        url = URL(str(request.url), encoded=True)
         proxy, proxy_auth = await self._proxy(url)
         tls: ssl.SSLContext | bool = await self._ssl_context() if url.scheme == "https" else True
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in request.headers.raw
-            if k.lower() not in (b"accept-encoding", b"content-length")
-        ]
-        client_timeout = aiohttp.ClientTimeout(
-            sock_connect=timeout.get("connect"), sock_read=timeout.get("read"), connect=timeout.get("pool")
-        )
-        data = request.content or None
         with mapped_errors(connecting=True):
             # Each stale pooled connection fails once and is closed, so this ends at the first fresh
             # connection (or a live pooled one); the cap only guards against a pool that never drains.
@@ -354,7 +362,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 trace = SimpleNamespace(reused=False)
                 try:
                     response = await session.request(
-                        request.method,
+                        method,
                         url,
                         proxy=proxy,
                         proxy_auth=proxy_auth,
@@ -362,7 +370,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                         data=data,
                         allow_redirects=False,
                         ssl=tls,
-                        timeout=client_timeout,
+                        timeout=limits,
                         trace_request_ctx=trace,
                     )
                     break
@@ -380,7 +388,21 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 response.headers.get("Location"),
             )
             raw_headers = [(k, v) for k, v in raw_headers if k.lower() != b"location"]
-        reader = BodyReader(response, _take_over_read_timeout(response))
+        return response, raw_headers, BodyReader(response, _take_over_read_timeout(response))
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in request.headers.raw
+            if k.lower() not in (b"accept-encoding", b"content-length")
+        ]
+        response, raw_headers, reader = await self.open(
+            request.method,
+            URL(str(request.url), encoded=True),
+            headers,
+            request.content or None,
+            client_timeout(request.extensions.get("timeout", {})),
+        )
         return httpx2.Response(
             status_code=response.status,
             headers=raw_headers,

@@ -30,6 +30,7 @@ import openai
 import orjson
 
 from chatstream.aiohttp_transport import BODY_READER, BodyReader
+from chatstream.direct import DirectChat, DirectResponse
 from chatstream.upstream import StreamTruncated, UpstreamProtocolError
 
 Chunk = dict[str, Any]
@@ -124,12 +125,16 @@ class _Decoder:
     """Turns one SSE payload into the chunk LangChain gets, checking the shape it will rely on, and
     keeps track of whether the answer is complete. Anything else the upstream sent is its fault."""
 
-    __slots__ = ("answered", "finished", "request")
+    __slots__ = ("answered", "finished", "response")
 
-    def __init__(self, request: httpx2.Request) -> None:
-        self.request = request
+    def __init__(self, response: httpx2.Response | DirectResponse) -> None:
+        self.response = response  # its request is only read for an error (a direct one builds it then)
         self.answered = False  # a chunk of choice 0 arrived
         self.finished = False  # choice 0 had a finish_reason
+
+    @property
+    def request(self) -> httpx2.Request:
+        return self.response.request
 
     def junk(self, what: str) -> UpstreamProtocolError:
         return UpstreamProtocolError(f"the model server sent {what}", self.request, body=None)
@@ -140,7 +145,7 @@ class _Decoder:
         except orjson.JSONDecodeError:
             raise self.junk(f"an event that is not JSON: {payload[:200]!r}") from None
         # The common case, checked inline: one choice, index 0, a delta of text and nothing else.
-        if type(chunk) is dict and "error" not in chunk and "usage" not in chunk:
+        if type(chunk) is dict and "error" not in chunk and chunk.get("usage") is None:
             choices = chunk.get("choices")
             if type(choices) is list and len(choices) == 1:
                 choice = choices[0]
@@ -296,7 +301,7 @@ def _error(error: Any, request: httpx2.Request) -> openai.APIError:
     return openai.APIError(message, request, body=error)
 
 
-def _not_sse(response: httpx2.Response) -> UpstreamProtocolError | None:
+def _not_sse(response: httpx2.Response | DirectResponse) -> UpstreamProtocolError | None:
     """A 200 whose content type says it is no event stream (a JSON error or an HTML page)."""
     content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type in _NOT_SSE:
@@ -311,7 +316,7 @@ def _not_sse(response: httpx2.Response) -> UpstreamProtocolError | None:
 class DictChunkStream:
     """The response of a streamed `create()`: an async context manager iterating dict chunks."""
 
-    def __init__(self, response: httpx2.Response, coalesce: bool = True) -> None:
+    def __init__(self, response: httpx2.Response | DirectResponse, coalesce: bool = True) -> None:
         self.response = response
         self.coalesce = coalesce
 
@@ -329,7 +334,7 @@ class DictChunkStream:
     async def _chunks(self) -> AsyncIterator[Chunk]:
         response = self.response
         parser = SSEParser()
-        decoder = _Decoder(response.request)
+        decoder = _Decoder(response)
         decode = decoder.decode
         coalesce = self.coalesce
         reader: BodyReader | None = response.extensions.get(BODY_READER)
@@ -425,14 +430,24 @@ class DictChunkCompletions:
     def __init__(self, completions: Any, coalesce: bool = True) -> None:
         self._completions = completions
         self.coalesce = coalesce
+        self._direct: DirectChat | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._completions, name)
 
     async def create(self, **params: Any) -> Any:
-        """The messages travel as `extra_body`: the same JSON body, but the SDK's recursive
+        """A streamed request the SDK would build the usual way is sent directly (`chatstream.direct`).
+
+        Otherwise the messages travel as `extra_body`: the same JSON body, but the SDK's recursive
         TypedDict transform (about half a millisecond per request for a short chat) skips them.
         LangChain hands over plain JSON-ready dicts, which that transform would leave unchanged."""
+        direct = self._direct
+        if direct is None:
+            direct = self._direct = DirectChat(self._completions)
+        if direct.takes(params) and await direct.ready():
+            response = await direct.open(params)
+            if response is not None:
+                return DictChunkStream(response, self.coalesce)
         messages = params.get("messages")
         if isinstance(messages, list):
             extra = params.get("extra_body") or {}

@@ -163,12 +163,16 @@ class EventStreamResponse(Response):
         loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         self._last_write = loop.time()
-        beat = None
+        # The heartbeat task only starts once a heartbeat may be due: most answers end before that.
+        beats: list[asyncio.Task[None]] = []
+        timer = None
         if self.encoder.heartbeat is not None and self.heartbeat_seconds > 0:
-            beat = asyncio.create_task(self._heartbeats(send))
+            timer = loop.call_later(
+                self.heartbeat_seconds, lambda: beats.append(loop.create_task(self._heartbeats(send)))
+            )
         events = self._events()
         encode = self.encoder.encode
-        closer: asyncio.Task[None] | None = None
+        closed = False
         try:
             closing: list[Event] = []
             try:
@@ -185,21 +189,24 @@ class EventStreamResponse(Response):
                             raise TimeoutError
                         if self._client_left:
                             raise _ClientLeft
+                ended = True  # the events ran out: the chain's generator is finished, nothing to close
             except TimeoutError:
-                closing = self.run.fail(self.deadline_error)
+                ended, closing = False, self.run.fail(self.deadline_error)
             except ChatError as error:  # the model failed after the response was already committed
-                closing = self.run.fail(error)
-            if beat is not None:
+                ended, closing = False, self.run.fail(error)
+            if timer is not None:
+                timer.cancel()
+            for beat in beats:
                 # It may be holding the lock in a `send` that will never return (a caller not reading).
                 await _stop(beat)
-            closer = self._close_in_background(events)
-            await asyncio.shield(closer)
-            tail = [body for body in (*map(encode, closing), self.encoder.close()) if body]
+            closed = True
+            if not ended:
+                await asyncio.shield(self._close_in_background(events))
+            # The closing events and the end of the body in one write.
+            tail = b"".join(body for body in (*map(encode, closing), self.encoder.close()) if body)
             try:
                 async with asyncio.timeout(CLOSING_WRITES_SECONDS):
-                    for body in tail:
-                        await self._write(send, body)
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
             except TimeoutError:
                 # Ending without the end of the body makes the server drop the connection.
                 log.warning(
@@ -210,9 +217,11 @@ class EventStreamResponse(Response):
                 return
             self._finished = True
         finally:
-            if beat is not None:
+            if timer is not None:
+                timer.cancel()
+            for beat in beats:
                 beat.cancel()
-            if closer is None:
+            if not closed:
                 # Cancelled (the client left): close the chain in a task of its own, which the
                 # cancellation of this one cannot interrupt halfway.
                 self._close_in_background(events)
