@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import resource
 import time
 from pathlib import Path
 
@@ -99,43 +97,17 @@ def main() -> None:
     args = parser.parse_args()
     keys = args.only.split(",")
     bench = Probe(Sizes(long_tokens=300, quiet_wait_s=5.0), Path(args.out), keys, ("asyncio",))
-    # The upstream, as `Bench.run` starts it.
-    if bench.layout.load_cpus:
-        os.sched_setaffinity(0, bench.layout.load_cpus)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    bench.out.mkdir(parents=True, exist_ok=True)
-    bench.upstream_port = free_port()
-    s = bench.sizes
-    bench.upstream = Child(
-        "upstream",
-        [
-            "-m",
-            "bench.upstream",
-            "--port",
-            str(bench.upstream_port),
-            "--long-tokens",
-            str(s.long_tokens),
-            "--paced-tokens",
-            str(s.paced_tokens(s.spreads[0])),
-            "--paced-delay-ms",
-            str(s.paced_delay_ms),
-        ],
-        {**os.environ, "PYTHONPATH": str(cs.REPO)},
-        bench.layout.load_cpus,
-        bench.out / "upstream.log",
-    )
+    upstream = bench.start_upstream()
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in keys}
     started = time.time()
     try:
-        bench.upstream.wait_port(bench.upstream_port)
         for trial in range(args.repeat):
             for key in keys:
                 figures = bench.measure_probe(cs.ALL[key], args)
                 rows[key].append(figures)
                 print(f"trial {trial + 1} {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
     finally:
-        bench.upstream.stop()
+        upstream.stop()
     print(f"\n{args.repeat} trials, {time.time() - started:.0f} s, asyncio; range over trials")
     print("| metric | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))

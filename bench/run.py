@@ -270,7 +270,9 @@ class Bench:
 
     # --- the run -------------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def start_upstream(self) -> Child:
+        """The simulated upstream on the load core (this process moves there too), with room for
+        thousands of sockets; `run` and the probe both start it this way."""
         if self.layout.load_cpus:
             os.sched_setaffinity(0, self.layout.load_cpus)
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -296,10 +298,19 @@ class Bench:
             self.layout.load_cpus,
             self.out / "upstream.log",
         )
+        try:
+            self.upstream.wait_port(self.upstream_port)
+        except BaseException:
+            self.upstream.stop()
+            raise
+        return self.upstream
+
+    def run(self) -> dict[str, Any]:
+        upstream = self.start_upstream()
+        s = self.sizes
         results: list[ContenderResult] = []
         started = time.time()
         try:
-            self.upstream.wait_port(self.upstream_port)
             self.upstream_ttft = asyncio.run(self._upstream_ttft())
             for loop in self.loops:
                 headline = loop == self.loops[0]
@@ -307,7 +318,7 @@ class Bench:
                     # Start-up does not depend on the loop much: cold starts are the headline loop's only.
                     results.append(self.measure(cs.ALL[key], loop, cold=headline))
         finally:
-            self.upstream.stop()
+            upstream.stop()
         return {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1),

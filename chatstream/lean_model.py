@@ -264,31 +264,10 @@ _text_message = (
 )
 
 
-def _plain_message(chunk: dict) -> AIMessageChunk | None:
-    """The message `_astream` yields for a chunk of text alone (no finish, usage, logprobs, tool
-    calls); None for anything else, which takes `_convert_chunk_to_generation_chunk`."""
+def _text_choice(chunk: dict) -> tuple[dict, dict] | None:
+    """Choice 0 and its delta when the chunk carries text alone (no usage, logprobs, tool calls or other
+    role); None for anything else, which takes `_convert_chunk_to_generation_chunk`."""
     if chunk.get("usage") or chunk.get("type"):
-        return None
-    choices = chunk.get("choices")
-    if not choices:
-        return None
-    choice = choices[0]
-    delta = choice.get("delta")
-    if not delta or choice.get("logprobs") or choice.get("finish_reason"):
-        return None
-    for key, value in delta.items():
-        if key not in ("content", "role") and value is not None:
-            return None
-    if delta.get("role") not in (None, "assistant"):
-        return None
-    return _text_message(delta.get("content") or "", delta.get("id"))
-
-
-def _plain_generation(
-    chunk: dict, default_chunk_class: type, base_generation_info: dict | None
-) -> ChatGenerationChunk | None:
-    """The generation chunk for text-only chat-completion chunks, built without validation; else None."""
-    if default_chunk_class is not AIMessageChunk or chunk.get("usage") or chunk.get("type"):
         return None
     choices = chunk.get("choices")
     if not choices:
@@ -302,6 +281,26 @@ def _plain_generation(
             return None
     if delta.get("role") not in (None, "assistant"):
         return None
+    return choice, delta
+
+
+def _plain_message(chunk: dict) -> AIMessageChunk | None:
+    """The message `_astream` yields for a chunk of text alone that does not finish the answer."""
+    found = _text_choice(chunk)
+    if found is None or found[0].get("finish_reason"):
+        return None
+    delta = found[1]
+    return _text_message(delta.get("content") or "", delta.get("id"))
+
+
+def _plain_generation(
+    chunk: dict, default_chunk_class: type, base_generation_info: dict | None
+) -> ChatGenerationChunk | None:
+    """The generation chunk for text-only chat-completion chunks, built without validation; else None."""
+    found = _text_choice(chunk) if default_chunk_class is AIMessageChunk else None
+    if found is None:
+        return None
+    choice, delta = found
     content = delta.get("content") or ""
     info = dict(base_generation_info) if base_generation_info else {}
     if finish_reason := choice.get("finish_reason"):

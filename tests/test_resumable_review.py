@@ -16,6 +16,7 @@ from aoai_simulator.config import SimulatorConfig
 from aoai_simulator.server import SimulatorHandle, start_in_thread
 from chatstream import resumable
 from tests.support.inprocess import serve, settings_for
+from tests.test_resumable import _sse_events as _sse
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +29,6 @@ def sim() -> Iterator[SimulatorHandle]:
 
 def _settings(sim: SimulatorHandle, **values: object):
     return settings_for(AZURE_OPENAI_ENDPOINT=sim.url, AZURE_OPENAI_API_KEY="k", **values)
-
-
-def _sse(text: str) -> list[tuple[int | None, dict]]:
-    out = []
-    for block in text.split("\n\n"):
-        event_id, data = None, None
-        for line in block.splitlines():
-            if line.startswith("id: "):
-                event_id = int(line[4:])
-            elif line.startswith("data: "):
-                data = line[6:]
-        if data is not None and data != "[DONE]":
-            out.append((event_id, json.loads(data)))
-    return out
 
 
 def _wait(predicate, timeout: float = 15.0) -> bool:
