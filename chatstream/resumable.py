@@ -41,6 +41,8 @@ MIRROR_SECONDS = 0.1
 READER_TOUCH_SECONDS = 1.0
 #: How long the producer waits for a reader behind a full window before leaving it behind.
 READER_STALL_SECONDS = 5.0
+#: Longest a resumable stream's first event waits for the stream to exist in the shared store.
+SHARED_CREATE_WAIT_SECONDS = 5.0
 #: A stopped run that has not ended after this is cancelled outright.
 STOP_TIMEOUT_SECONDS = 5.0
 
@@ -103,12 +105,15 @@ class StreamLog:
         self.created = time.monotonic()
         #: When a reader on another instance was last seen (monotonic), via the shared store.
         self.remote_reader_at = float("-inf")
-        #: Each attached reader's next position (a one-item list it updates): the window is not trimmed
-        #: past the slowest of them until it reaches twice the limit.
+        #: Each attached reader's next position (a one-item list it updates): the window is trimmed past
+        #: the slowest of them only once it has waited `READER_STALL_SECONDS` for it.
         self._cursors: list[list[int]] = []
         #: Set while the producer waits for a reader to make room in the window.
         self._room: asyncio.Future[None] | None = None
         self._stopping = False
+        #: Set once the stream exists in the shared store (or creating it failed): its first reader
+        #: sends nothing before, so a caller that saw an event can resume it on any instance.
+        self.shared = asyncio.Event()
         self._waiter: asyncio.Future[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._producer: asyncio.Task[None] | None = None
@@ -257,6 +262,10 @@ class StreamLog:
         cursor = [after + 1]
         self._attach(cursor)
         try:
+            if not self.shared.is_set():
+                # Created in the shared store together with the model call: rarely a wait at all.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.shared.wait(), SHARED_CREATE_WAIT_SECONDS)
             while True:
                 while True:
                     position = cursor[0]
@@ -290,6 +299,9 @@ class StreamLog:
     def _detach(self, cursor: list[int]) -> None:
         self.readers -= 1
         self._cursors.remove(cursor)
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)  # the producer need not wait for a reader that left
         if self.readers == 0 and not self.finished:
             self._grace = asyncio.get_running_loop().call_later(self.grace_seconds, self._grace_over)
 
@@ -316,7 +328,10 @@ class StreamLog:
         (stop, a reader there). A store failure ends the mirroring, never the stream."""
         stream_id = self.stream_id
         try:
-            await store.create(stream_id, protocol=self.protocol, alias=alias)
+            try:
+                await store.create(stream_id, protocol=self.protocol, alias=alias)
+            finally:
+                self.shared.set()
             sent = 0
             stored_bytes = 0
             polled = 0.0
@@ -523,7 +538,9 @@ class ResumableStreams:
         if alias is not None:
             self._aliases[alias] = stream.stream_id
         stream.start()
-        if self.store is not None:
+        if self.store is None:
+            stream.shared.set()
+        else:
             _keep(asyncio.create_task(stream.mirror(self.store, alias, settings.stream_store_poll_seconds)))
         return stream
 
