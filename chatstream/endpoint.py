@@ -137,7 +137,8 @@ class ChatEndpoint:
         self.service = service
         self.cors = CorsPolicy(service.settings.cors_origin_list)
         self.streams = streams or ResumableStreams(service.settings)
-        self.streams.alias_prefixes = tuple(f"{p.name}:" for p in (NATIVE, *protocols))
+        # Only the other protocols name streams by an id of their own (the AI SDK's chat id).
+        self.streams.alias_prefixes = tuple(f"{p.name}:" for p in protocols)
         #: Streams running on this instance, by request id, for `stop` (resumable or not).
         self.live: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
         #: The protocols a resumed stream may be in, by name.

@@ -101,7 +101,6 @@ class StreamLog:
         self.finished = False
         #: The run failed before its first event: readers raise it (a real HTTP status for the first).
         self.failure: ChatError | None = None
-        self.readers = 0
         self.created = time.monotonic()
         #: When a reader on another instance was last seen (monotonic), via the shared store.
         self.remote_reader_at = float("-inf")
@@ -290,24 +289,22 @@ class StreamLog:
             self._detach(cursor)
 
     def _attach(self, cursor: list[int]) -> None:
-        self.readers += 1
         self._cursors.append(cursor)
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
 
     def _detach(self, cursor: list[int]) -> None:
-        self.readers -= 1
         self._cursors.remove(cursor)
         room = self._room
         if room is not None and not room.done():
             room.set_result(None)  # the producer need not wait for a reader that left
-        if self.readers == 0 and not self.finished:
+        if not self._cursors and not self.finished:
             self._grace = asyncio.get_running_loop().call_later(self.grace_seconds, self._grace_over)
 
     def _grace_over(self) -> None:
         self._grace = None
-        if self.readers or self.finished:
+        if self._cursors or self.finished:
             return
         since_remote = time.monotonic() - self.remote_reader_at
         if since_remote < max(self.grace_seconds, 2 * READER_TOUCH_SECONDS):
@@ -566,45 +563,33 @@ class ResumableStreams:
             stream = self._logs.get(self._aliases[key])
         return stream
 
-    async def remote(self, key: str, after: int, *, active_only: bool) -> tuple[StoreReader, str] | None:
-        """A reader through the shared store of a stream another instance runs, and its protocol."""
+    async def _stored(self, key: str) -> tuple[str, StoredEvents] | None:
+        """The stream another instance runs named `key` in the shared store, by its id or, if running, by
+        an alias (at most one read and one resolve per protocol that gives aliases)."""
         store = self.store
         if store is None:
             return None
         try:
-            stream_id = key
-            stored = await store.read(stream_id)
-            if stored is None:
-                resolved = await store.resolve(key)
-                if resolved is None:
-                    return None
-                stream_id = resolved
-                stored = await store.read(stream_id)
-                if stored is None:
-                    return None
+            stored = await store.read(key)
+            if stored is not None:
+                return key, stored
+            for prefix in self.alias_prefixes:
+                stream_id = await store.resolve(prefix + key)
+                stored = await store.read(stream_id) if stream_id is not None else None
+                if stream_id is not None and stored is not None and not stored.finished:
+                    return stream_id, stored
         except Exception:
-            log.warning("shared stream store failed while resuming %s", key)
+            log.warning("shared stream store failed while looking for %s", key)
             raise errors.stream_store_unavailable() from None
-        if active_only and stored.finished:
-            return None
-        if stored.truncated:
-            raise errors.stream_not_resumable()
-        reader = StoreReader(store, stream_id, after, stored, self.settings.stream_store_poll_seconds)
-        return reader, stored.protocol
+        return None
 
     async def request_stop(self, key: str) -> bool:
         """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store."""
-        if self.store is None:
+        found = await self._stored(key)
+        if found is None or self.store is None:
             return False
-        store = self.store
         try:
-            if await store.read(key) is not None:
-                return await store.request_stop(key)
-            for prefix in self.alias_prefixes:
-                stream_id = await store.resolve(prefix + key)
-                if stream_id is not None:
-                    return await store.request_stop(stream_id)
-            return False
+            return await self.store.request_stop(found[0])
         except Exception:
             log.warning("shared stream store failed while stopping %s", key)
             raise errors.stream_store_unavailable() from None
@@ -632,12 +617,11 @@ class ResumableStreams:
             if after >= stream.end and stream.finished:
                 raise errors.invalid_last_event_id()
             return LogReader(stream, after), stream.protocol
-        found = await self.remote(key, after, active_only=False)
-        for prefix in self.alias_prefixes:
-            if found is not None:
-                break
-            found = await self.remote(prefix + key, after, active_only=True)
-        return found
-
-    def running(self) -> int:
-        return sum(1 for s in self._logs.values() if not s.finished)
+        found = await self._stored(key)
+        if found is None or self.store is None:
+            return None
+        stream_id, stored = found
+        if stored.truncated:
+            raise errors.stream_not_resumable()
+        reader = StoreReader(self.store, stream_id, after, stored, self.settings.stream_store_poll_seconds)
+        return reader, stored.protocol

@@ -300,3 +300,53 @@ def test_the_live_reader_gets_every_event_of_a_burst_larger_than_the_byte_limit(
     assert [i for i, _ in events] == list(range(len(events))), "no event skipped"
     assert events[-1][1]["type"] == "end" and events[-1][1]["usage"]["completion_tokens"] == 3000
     assert len([e for _, e in events if e["type"] == "delta"]) == 3000
+
+
+def test_the_setting_makes_every_stream_resumable_unless_the_request_says_no(sim: SimulatorHandle) -> None:
+    """CHAT_RESUMABLE=true; and `?last_event_id=` for clients that cannot set headers. A blob store
+    configured without a location is refused at start-up and streams stay resumable on the instance."""
+    settings = settings_for(
+        AZURE_OPENAI_ENDPOINT=sim.url,
+        AZURE_OPENAI_API_KEY="k",
+        CHAT_RESUMABLE=True,
+        CHAT_STREAM_STORE="blob",
+    )
+    with serve(settings) as server, httpx.Client(timeout=30) as client:
+        default = _read_until(client, server.url, {"user": "x", "max_tokens": 20}, 3)
+        assert [i for i, _ in default] == [0, 1, 2], "resumable without asking"
+        stream_id = default[0][1]["id"]
+        resumed = client.get(f"{server.url}/api/chat/{stream_id}/stream?last_event_id=2")
+        assert resumed.status_code == 200
+        rest = _sse_events(resumed.text)
+        assert rest[0][0] == 3 and rest[-1][1]["type"] == "end"
+        events = [e for _, e in default] + [e for _, e in rest]
+        assert len([e for e in events if e["type"] == "delta"]) == 20
+        refused = _read_until(client, server.url, {"user": "x", "max_tokens": 5, "resumable": False}, 2)
+        assert refused[0][0] is None, "a request may still say no"
+        gone = client.get(
+            f"{server.url}/api/chat/{refused[0][1]['id']}/stream", headers={"Last-Event-ID": "0"}
+        )
+        assert gone.status_code == 404
+
+
+def test_a_running_ai_sdk_chat_can_be_stopped_by_its_chat_id(app: str, sim: SimulatorHandle) -> None:
+    chat_id = f"chat-stop-{random.Random().randrange(10**9)}"
+    body = {
+        "id": chat_id,
+        "trigger": "submit-message",
+        "resumable": True,
+        "max_tokens": 400,
+        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "long"}]}],
+    }
+    with httpx.Client(timeout=30) as client, httpx.Client(timeout=30) as other:
+        with client.stream("POST", f"{app}/api/chat", json=body) as first:
+            lines = first.iter_lines()
+            while "text-delta" not in next(lines):
+                pass
+            stop = other.post(f"{app}/api/chat/{chat_id}/stop")
+            rest = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert stop.status_code == 200 and stop.json()["status"] == "stopped"
+    finish = rest[-1]
+    assert finish["type"] == "finish"
+    assert finish["messageMetadata"]["finish_reason"] == "cancelled"
+    assert finish["messageMetadata"]["usage"]["estimated"] is True
