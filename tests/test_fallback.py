@@ -142,17 +142,9 @@ def assert_answered_by(events: list[dict[str, Any]], deployment: str) -> None:
 
 def test_rate_limited_with_a_long_retry_after_falls_back(app, hostile, caplog):
     prompt = by_deployment(hostile, "fb-429", alpha=rate_limited, beta=answers)
-    with caplog.at_level(logging.INFO, logger="chatstream"):
-        response, events = post(app.url, prompt)
-    assert response.status_code == 200
-    assert_answered_by(events, B)
-    assert events[0]["fallback_from"] == [{"deployment": A, "code": "rate_limited", "status": 429}]
-    assert asked(hostile) == [A, B]
-    assert_no_leak(json.dumps(events))
-
-    # Each deployment's own outcome line.
-    # The answering run's line is written as its response ends, which may be just after the client
-    # has read the last byte: wait for it (bounded).
+    # The answering run's outcome line is written as its response ends, which may be just after the
+    # client has read the last byte: wait for it (bounded), with the INFO level still in force (a line
+    # written after `at_level` is left is dropped).
     def logged(prefix: str, deployment: str) -> bool:
         give_up = time.monotonic() + 5
         while time.monotonic() < give_up:
@@ -162,8 +154,16 @@ def test_rate_limited_with_a_long_retry_after_falls_back(app, hostile, caplog):
             time.sleep(0.02)
         return False
 
-    assert logged("chat error:rate_limited ", A)
-    assert logged("chat completed ", B)
+    with caplog.at_level(logging.INFO, logger="chatstream"):
+        response, events = post(app.url, prompt)
+        assert response.status_code == 200
+        assert_answered_by(events, B)
+        assert events[0]["fallback_from"] == [{"deployment": A, "code": "rate_limited", "status": 429}]
+        assert asked(hostile) == [A, B]
+        assert_no_leak(json.dumps(events))
+        # Each deployment's own outcome line.
+        assert logged("chat error:rate_limited ", A)
+        assert logged("chat completed ", B)
 
 
 def test_overloaded_falls_back(app, hostile):
