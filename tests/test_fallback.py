@@ -142,6 +142,7 @@ def assert_answered_by(events: list[dict[str, Any]], deployment: str) -> None:
 
 def test_rate_limited_with_a_long_retry_after_falls_back(app, hostile, caplog):
     prompt = by_deployment(hostile, "fb-429", alpha=rate_limited, beta=answers)
+
     # The answering run's outcome line is written as its response ends, which may be just after the
     # client has read the last byte: wait for it (bounded), with the INFO level still in force (a line
     # written after `at_level` is left is dropped).
