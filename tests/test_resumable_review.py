@@ -91,11 +91,13 @@ def _ai_sdk(chat_id: str, text: str, **extra: object) -> dict:
 
 
 def test_stop_during_retries_by_chat_id(sim: SimulatorHandle) -> None:
-    settings = _settings(sim, CHAT_FIRST_EVENT_WAIT_SECONDS=4, CHAT_UPSTREAM_MAX_RETRIES=3)
+    # A 4 s Retry-After (inside the 10 s first-event wait): the stop lands in the retry's sleep even when a
+    # busy machine is slow to pass the 503 on or to send the stop.
+    settings = _settings(sim, CHAT_FIRST_EVENT_WAIT_SECONDS=10, CHAT_UPSTREAM_MAX_RETRIES=3)
     chat_id = f"retry-{time.monotonic_ns()}"
     with serve(settings) as server, httpx.Client(timeout=30) as client, httpx.Client(timeout=30) as other:
         before = sim.stats()["requests_total"]
-        thread, out = _post_in_thread(client, server.url, _ai_sdk(chat_id, "[sim:503:retry-after=1] hi"))
+        thread, out = _post_in_thread(client, server.url, _ai_sdk(chat_id, "[sim:503:retry-after=4] hi"))
         assert _wait(lambda: sim.stats()["requests_total"] > before)
         time.sleep(0.3)  # in the retry's sleep
         stop = other.post(f"{server.url}/api/chat/{chat_id}/stop")
