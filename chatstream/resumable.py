@@ -368,6 +368,11 @@ class StreamLog:
                 stream_id,
                 type(exc).__name__,
             )
+            # Readers on other instances would otherwise poll a copy that never grows until their
+            # deadline: marked truncated, they end at once with `stream_not_resumable`. Best effort
+            # (a store that is down refuses this too); never a second append, which could repeat events.
+            with contextlib.suppress(Exception):
+                await store.finish(stream_id, truncated=True)
 
 
 class LogReader:

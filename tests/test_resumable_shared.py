@@ -147,3 +147,42 @@ def test_unknown_streams_are_unknown_on_every_instance(
             response = client.get(f"{app.url}/api/chat/nothing-here/stream", headers={"Last-Event-ID": "2"})
             assert response.status_code == 404
             assert response.json()["error"]["code"] == "stream_not_found"
+
+
+def _append_foreign_newline(azurite: Azurite, stream_id: str) -> None:  # noqa: F811
+    """Another writer appends to a stream's events blob (one blank line: readers skip it), so the
+    producer's next conditional append fails with Azure's 412 AppendPositionConditionNotMet."""
+    from azure.storage.blob import BlobServiceClient
+
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        for container in service.list_containers():
+            blob = service.get_blob_client(container.name, f"streams/{stream_id}/events")
+            if blob.exists():
+                blob.append_block(b"\n")
+                return
+    raise AssertionError(f"no events blob for {stream_id}")
+
+
+def test_a_reader_on_another_instance_is_told_at_once_when_the_producer_stops_mirroring(
+    apps: tuple[SubprocessServer, SubprocessServer],
+    azurite: Azurite,  # noqa: F811
+) -> None:
+    """The producer's mirroring fails for good (here: a foreign append, so its own conditional append
+    is refused): a reader on another instance must end with `stream_not_resumable` at once, not poll a
+    copy that never grows until its deadline (heartbeats every 15 s, so a 10 s read timeout shows it)."""
+    a, b = apps
+    with httpx.Client(timeout=httpx.Timeout(10.0)) as client:
+        first = _first_events(client, a.url, 3, 400)  # about 10 s of answer
+        stream_id = first[0][1]["id"]
+        _append_foreign_newline(azurite, stream_id)
+        try:
+            resumed = client.get(f"{b.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": "2"})
+        except httpx.ReadTimeout:
+            pytest.fail("the reader on the other instance waited for events that never came")
+    assert resumed.status_code in (200, 410), resumed.text
+    if resumed.status_code == 410:
+        assert resumed.json()["error"]["code"] == "stream_not_resumable"
+        return
+    rest = [e for _, e in _events(resumed.text)]
+    assert rest and rest[-1]["type"] == "error" and rest[-1]["code"] == "stream_not_resumable", rest[-3:]
+    assert resumed.text.rstrip().endswith("data: [DONE]")
