@@ -628,5 +628,7 @@ class ResumableStreams:
         stream_id, stored = found
         if stored.truncated:
             raise errors.stream_not_resumable()
+        if stored.finished and after >= len(stored.events):  # as for a stream of this instance
+            raise errors.invalid_last_event_id()
         reader = StoreReader(self.store, stream_id, after, stored, self.settings.stream_store_poll_seconds)
         return reader, stored.protocol

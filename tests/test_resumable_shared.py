@@ -186,3 +186,32 @@ def test_a_reader_on_another_instance_is_told_at_once_when_the_producer_stops_mi
     rest = [e for _, e in _events(resumed.text)]
     assert rest and rest[-1]["type"] == "error" and rest[-1]["code"] == "stream_not_resumable", rest[-3:]
     assert resumed.text.rstrip().endswith("data: [DONE]")
+
+
+def test_a_finished_stream_answers_a_resume_past_its_end_alike_on_every_instance(
+    apps: tuple[SubprocessServer, SubprocessServer],
+) -> None:
+    """docs/protocol.md: a resume after the last event gets 204; a `Last-Event-ID` past the end of a
+    finished stream is 400 `invalid_last_event_id`, on the instance that ran it and on the others."""
+    a, b = apps
+    with httpx.Client(timeout=60) as client:
+        body = {"user": "shared", "resumable": True, "max_tokens": 5}
+        whole = _events(client.post(f"{a.url}/api/chat", json=body).text)
+        stream_id, last_id = whole[0][1]["id"], whole[-1][0]
+        assert whole[-1][1]["type"] == "end"
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up:  # the stored copy is finished within a mirror batch or two
+            on_b = client.get(f"{b.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": str(last_id)})
+            if on_b.status_code == 204:
+                break
+            time.sleep(0.1)
+        for app in (a, b):
+            at_end = client.get(
+                f"{app.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": str(last_id)}
+            )
+            assert at_end.status_code == 204, (app.url, at_end.text)
+            past = client.get(
+                f"{app.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": str(last_id + 5)}
+            )
+            assert past.status_code == 400, (app is b, past.status_code, past.text)
+            assert past.json()["error"]["code"] == "invalid_last_event_id"
