@@ -589,10 +589,13 @@ class ResumableStreams:
         return None
 
     async def request_stop(self, key: str) -> bool:
-        """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store."""
+        """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store.
+        Raises `stream_finished` when the stored stream has ended (as a stop on its own instance does)."""
         found = await self._stored(key)
         if found is None or self.store is None:
             return False
+        if found[1].finished:
+            raise errors.stream_finished(key)
         try:
             return await self.store.request_stop(found[0])
         except Exception:

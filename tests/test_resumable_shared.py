@@ -215,3 +215,26 @@ def test_a_finished_stream_answers_a_resume_past_its_end_alike_on_every_instance
             )
             assert past.status_code == 400, (app is b, past.status_code, past.text)
             assert past.json()["error"]["code"] == "invalid_last_event_id"
+
+
+def test_stopping_a_finished_stream_is_409_on_every_instance(
+    apps: tuple[SubprocessServer, SubprocessServer],
+) -> None:
+    """docs/protocol.md: a stop of a stream that has already ended is 409 `stream_finished` (404 is for a
+    stream that is unknown, or was not resumable), whichever instance the stop reaches."""
+    a, b = apps
+    with httpx.Client(timeout=60) as client:
+        body = {"user": "shared", "resumable": True, "max_tokens": 5}
+        whole = _events(client.post(f"{a.url}/api/chat", json=body).text)
+        stream_id = whole[0][1]["id"]
+        assert whole[-1][1]["type"] == "end"
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up:  # the stored copy is finished within a mirror batch or two
+            stored = client.get(f"{b.url}/api/chat/{stream_id}/stream")
+            if stored.status_code == 200 and stored.text.rstrip().endswith("data: [DONE]"):
+                break
+            time.sleep(0.1)
+        for app in (a, b):
+            stop = client.post(f"{app.url}/api/chat/{stream_id}/stop")
+            assert stop.status_code == 409, (app is b, stop.status_code, stop.text)
+            assert stop.json()["error"]["code"] == "stream_finished"
