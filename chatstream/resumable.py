@@ -590,11 +590,12 @@ class ResumableStreams:
 
     async def request_stop(self, key: str) -> bool:
         """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store.
-        Raises `stream_finished` when the stored stream has ended (as a stop on its own instance does)."""
+        Raises `stream_finished` when the stored stream has ended (as a stop on its own instance does);
+        a copy finished as truncated may still run on its instance, out of reach: False."""
         found = await self._stored(key)
         if found is None or self.store is None:
             return False
-        if found[1].finished:
+        if found[1].finished and not found[1].truncated:
             raise errors.stream_finished(key)
         try:
             return await self.store.request_stop(found[0])

@@ -179,6 +179,9 @@ def test_a_reader_on_another_instance_is_told_at_once_when_the_producer_stops_mi
             resumed = client.get(f"{b.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": "2"})
         except httpx.ReadTimeout:
             pytest.fail("the reader on the other instance waited for events that never came")
+        # Still running on A, but out of reach through the store: not "it has already ended".
+        stop = client.post(f"{b.url}/api/chat/{stream_id}/stop")
+        assert stop.status_code == 404 and stop.json()["error"]["code"] == "stream_not_found", stop.text
     assert resumed.status_code in (200, 410), resumed.text
     if resumed.status_code == 410:
         assert resumed.json()["error"]["code"] == "stream_not_resumable"
