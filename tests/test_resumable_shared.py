@@ -241,3 +241,19 @@ def test_stopping_a_finished_stream_is_409_on_every_instance(
             stop = client.post(f"{app.url}/api/chat/{stream_id}/stop")
             assert stop.status_code == 409, (app is b, stop.status_code, stop.text)
             assert stop.json()["error"]["code"] == "stream_finished"
+
+
+def test_the_store_requests_are_not_logged_at_info(apps: tuple[SubprocessServer, SubprocessServer]) -> None:
+    """The SDK logs each HTTP request and response at INFO (in Azure: forwarded to Application Insights),
+    and the store makes about 14 of them a second per running stream (appends every 0.1 s, polls every
+    0.25 s): its own calls log at DEBUG, failures still show as the store's warnings."""
+    a, b = apps
+    with httpx.Client(timeout=60) as client:
+        body = {"user": "shared", "resumable": True, "max_tokens": 20}
+        whole = _events(client.post(f"{a.url}/api/chat", json=body).text)
+        stream_id = whole[0][1]["id"]
+        resumed = client.get(f"{b.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": "1"})
+        assert resumed.status_code in (200, 204)
+    time.sleep(0.5)
+    for app in (a, b):
+        assert "http_logging_policy" not in app.output, app.output[-2000:]
