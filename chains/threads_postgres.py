@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import CheckpointTuple
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.postgres.base import BasePostgresSaver
 from psycopg import AsyncCursor, Capabilities
@@ -62,6 +62,18 @@ LIMIT %s
 """
 
 TokenProvider = Callable[[], Awaitable[str]]
+T = TypeVar("T")
+#: Operations given up on at their timeout, still ending in the background (referenced until done).
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+def _abandon(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` without waiting for it: a second cancellation while psycopg cancels the query on a
+    dead server makes it close the connection at once instead of waiting (up to 10 s) for that server."""
+    task.cancel()
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def azure_token_provider(client_id: str | None) -> TokenProvider:
@@ -222,9 +234,42 @@ class PostgresThreadSaver(AsyncPostgresSaver):
         except _STORE_ERRORS as exc:
             raise ThreadStoreUnavailable() from exc
 
+    async def _bounded(self, operation: Coroutine[Any, Any, T]) -> T:
+        """`operation` within `timeout`, whatever the server does: the timeout in `_cursor` cancels the
+        query, but psycopg then waits (up to 5 s + 5 s) for a server that does not answer to confirm the
+        cancellation, which would turn the documented 503 into a 200 and an `error` event."""
+        task = asyncio.ensure_future(operation)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.store.timeout)
+        except asyncio.CancelledError:
+            _abandon(task)
+            raise
+        if not done:
+            _abandon(task)
+            raise ThreadStoreUnavailable() from TimeoutError(f"no answer in {self.store.timeout:g} s")
+        return task.result()
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await self._bounded(super().aput(config, checkpoint, metadata, new_versions))
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await self._bounded(super().aput_writes(config, writes, task_id, task_path))
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Also where a turn starts: the thread is remembered for pruning, and a due sweep started."""
-        found = await super().aget_tuple(config)
+        found = await self._bounded(super().aget_tuple(config))
         thread_id = config["configurable"].get("thread_id")
         if thread_id is not None and len(self.store.touched) < MAX_TOUCHED:
             self.store.touched.add(str(thread_id))

@@ -438,6 +438,9 @@ def open_stream_store(settings: Settings) -> SharedStreamStore | None:
         "transport": AioHttpTransport(connection_timeout=5, read_timeout=10),
         # The SDK annotates these as int; it computes with floats.
         "retry_policy": LinearRetry(backoff=0.5, random_jitter_range=0.25, retry_total=2),  # type: ignore[arg-type]
+        # The SDK logs every request and response at INFO (forwarded to Application Insights in Azure):
+        # about 14 a second per running stream. Failures reach the log as the store's own warnings.
+        "http_logging_level": logging.DEBUG,
     }
     credential = None
     if settings.stream_store_connection_string:

@@ -368,6 +368,11 @@ class StreamLog:
                 stream_id,
                 type(exc).__name__,
             )
+            # Readers on other instances would otherwise poll a copy that never grows until their
+            # deadline: marked truncated, they end at once with `stream_not_resumable`. Best effort
+            # (a store that is down refuses this too); never a second append, which could repeat events.
+            with contextlib.suppress(Exception):
+                await store.finish(stream_id, truncated=True)
 
 
 class LogReader:
@@ -584,10 +589,14 @@ class ResumableStreams:
         return None
 
     async def request_stop(self, key: str) -> bool:
-        """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store."""
+        """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store.
+        Raises `stream_finished` when the stored stream has ended (as a stop on its own instance does);
+        a copy finished as truncated may still run on its instance, out of reach: False."""
         found = await self._stored(key)
         if found is None or self.store is None:
             return False
+        if found[1].finished and not found[1].truncated:
+            raise errors.stream_finished(key)
         try:
             return await self.store.request_stop(found[0])
         except Exception:
@@ -623,5 +632,7 @@ class ResumableStreams:
         stream_id, stored = found
         if stored.truncated:
             raise errors.stream_not_resumable()
+        if stored.finished and after >= len(stored.events):  # as for a stream of this instance
+            raise errors.invalid_last_event_id()
         reader = StoreReader(self.store, stream_id, after, stored, self.settings.stream_store_poll_seconds)
         return reader, stored.protocol

@@ -149,3 +149,113 @@ def test_unknown_streams_are_unknown_on_every_instance(
             response = client.get(f"{app.url}/api/chat/nothing-here/stream", headers={"Last-Event-ID": "2"})
             assert response.status_code == 404
             assert response.json()["error"]["code"] == "stream_not_found"
+
+
+def _append_foreign_newline(azurite: Azurite, stream_id: str) -> None:  # noqa: F811
+    """Another writer appends to a stream's events blob (one blank line: readers skip it), so the
+    producer's next conditional append fails with Azure's 412 AppendPositionConditionNotMet."""
+    from azure.storage.blob import BlobServiceClient
+
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        for container in service.list_containers():
+            blob = service.get_blob_client(container.name, f"streams/{stream_id}/events")
+            if blob.exists():
+                blob.append_block(b"\n")
+                return
+    raise AssertionError(f"no events blob for {stream_id}")
+
+
+def test_a_reader_on_another_instance_is_told_at_once_when_the_producer_stops_mirroring(
+    apps: tuple[SubprocessServer, SubprocessServer],
+    azurite: Azurite,  # noqa: F811
+) -> None:
+    """The producer's mirroring fails for good (here: a foreign append, so its own conditional append
+    is refused): a reader on another instance must end with `stream_not_resumable` at once, not poll a
+    copy that never grows until its deadline (heartbeats every 15 s, so a 10 s read timeout shows it)."""
+    a, b = apps
+    with httpx.Client(timeout=httpx.Timeout(10.0)) as client:
+        first = _first_events(client, a.url, 3, 400)  # about 10 s of answer
+        stream_id = first[0][1]["id"]
+        _append_foreign_newline(azurite, stream_id)
+        try:
+            resumed = client.get(f"{b.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": "2"})
+        except httpx.ReadTimeout:
+            pytest.fail("the reader on the other instance waited for events that never came")
+        # Still running on A, but out of reach through the store: not "it has already ended".
+        stop = client.post(f"{b.url}/api/chat/{stream_id}/stop")
+        assert stop.status_code == 404 and stop.json()["error"]["code"] == "stream_not_found", stop.text
+    assert resumed.status_code in (200, 410), resumed.text
+    if resumed.status_code == 410:
+        assert resumed.json()["error"]["code"] == "stream_not_resumable"
+        return
+    rest = [e for _, e in _events(resumed.text)]
+    assert rest and rest[-1]["type"] == "error" and rest[-1]["code"] == "stream_not_resumable", rest[-3:]
+    assert resumed.text.rstrip().endswith("data: [DONE]")
+
+
+def test_a_finished_stream_answers_a_resume_past_its_end_alike_on_every_instance(
+    apps: tuple[SubprocessServer, SubprocessServer],
+) -> None:
+    """docs/protocol.md: a resume after the last event gets 204; a `Last-Event-ID` past the end of a
+    finished stream is 400 `invalid_last_event_id`, on the instance that ran it and on the others."""
+    a, b = apps
+    with httpx.Client(timeout=60) as client:
+        body = {"user": "shared", "resumable": True, "max_tokens": 5}
+        whole = _events(client.post(f"{a.url}/api/chat", json=body).text)
+        stream_id, last_id = whole[0][1]["id"], whole[-1][0]
+        assert whole[-1][1]["type"] == "end"
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up:  # the stored copy is finished within a mirror batch or two
+            on_b = client.get(f"{b.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": str(last_id)})
+            if on_b.status_code == 204:
+                break
+            time.sleep(0.1)
+        for app in (a, b):
+            at_end = client.get(
+                f"{app.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": str(last_id)}
+            )
+            assert at_end.status_code == 204, (app.url, at_end.text)
+            past = client.get(
+                f"{app.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": str(last_id + 5)}
+            )
+            assert past.status_code == 400, (app is b, past.status_code, past.text)
+            assert past.json()["error"]["code"] == "invalid_last_event_id"
+
+
+def test_stopping_a_finished_stream_is_409_on_every_instance(
+    apps: tuple[SubprocessServer, SubprocessServer],
+) -> None:
+    """docs/protocol.md: a stop of a stream that has already ended is 409 `stream_finished` (404 is for a
+    stream that is unknown, or was not resumable), whichever instance the stop reaches."""
+    a, b = apps
+    with httpx.Client(timeout=60) as client:
+        body = {"user": "shared", "resumable": True, "max_tokens": 5}
+        whole = _events(client.post(f"{a.url}/api/chat", json=body).text)
+        stream_id = whole[0][1]["id"]
+        assert whole[-1][1]["type"] == "end"
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up:  # the stored copy is finished within a mirror batch or two
+            stored = client.get(f"{b.url}/api/chat/{stream_id}/stream")
+            if stored.status_code == 200 and stored.text.rstrip().endswith("data: [DONE]"):
+                break
+            time.sleep(0.1)
+        for app in (a, b):
+            stop = client.post(f"{app.url}/api/chat/{stream_id}/stop")
+            assert stop.status_code == 409, (app is b, stop.status_code, stop.text)
+            assert stop.json()["error"]["code"] == "stream_finished"
+
+
+def test_the_store_requests_are_not_logged_at_info(apps: tuple[SubprocessServer, SubprocessServer]) -> None:
+    """The SDK logs each HTTP request and response at INFO (in Azure: forwarded to Application Insights),
+    and the store makes about 14 of them a second per running stream (appends every 0.1 s, polls every
+    0.25 s): its own calls log at DEBUG, failures still show as the store's warnings."""
+    a, b = apps
+    with httpx.Client(timeout=60) as client:
+        body = {"user": "shared", "resumable": True, "max_tokens": 20}
+        whole = _events(client.post(f"{a.url}/api/chat", json=body).text)
+        stream_id = whole[0][1]["id"]
+        resumed = client.get(f"{b.url}/api/chat/{stream_id}/stream", headers={"Last-Event-ID": "1"})
+        assert resumed.status_code in (200, 204)
+    time.sleep(0.5)
+    for app in (a, b):
+        assert "http_logging_policy" not in app.output, app.output[-2000:]

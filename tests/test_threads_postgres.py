@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import httpx
@@ -207,6 +210,69 @@ def test_a_store_that_dies_after_it_was_open_gives_a_503_not_a_hang(sim):
         app.stop()
         with contextlib.suppress(StopIteration):
             next(clusters)  # its cleanup: the data directory is removed
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid`'s descendants (the cluster's postmaster and its backends run under `runuser`)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_store_that_freezes_after_it_was_open_gives_a_503_within_the_timeout(sim):
+    """PostgreSQL stops answering (a frozen server, a partition) with a query in flight: psycopg's own
+    cancellation of it waits up to 10 s more for the dead server, but the caller must get the documented
+    503 after CHAT_THREADS_TIMEOUT_SECONDS (3 s), before the first-event wait (8 s) commits a 200."""
+    clusters = start_cluster()
+    cluster = next(clusters)
+    app = start_app(
+        **APP_ENV,
+        AZURE_OPENAI_ENDPOINT=sim.url,
+        CHAT_THREADS_STORE="postgres",
+        CHAT_THREADS_POSTGRES_URL=cluster.url(),
+    )
+    frozen: list[int] = []
+    try:
+        thread = _thread()
+        _, events, _, done = sse_events(
+            app.url, {"user": "What is 2+3?", "chain": "tools", "thread_id": thread}
+        )
+        assert done and deltas(events), app.output
+        frozen = _process_tree(cluster.process.pid)
+        assert frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        for _ in range(2):  # the second meets whatever the first left behind
+            response = httpx.post(
+                f"{app.url}/api/chat",
+                json={"user": "and 4*4?", "chain": "tools", "thread_id": thread},
+                timeout=60,
+            )
+            assert response.status_code == 503, response.text[:300]
+            assert response.json()["error"]["code"] == "threads_unavailable"
+        # runuser stops itself when its child stops: it is continued too.
+        for pid in [*frozen, cluster.process.pid]:
+            os.kill(pid, signal.SIGCONT)
+        frozen = []
+        # The server is back: the pool replaces the connection it gave up on.
+        _, events, _, done = sse_events(app.url, {"user": "and 4*4?", "chain": "tools", "thread_id": thread})
+        assert done and [e["content"] for e in events if e["type"] == "tool_result"] == ["16"], app.output
+    finally:
+        for pid in [*frozen, cluster.process.pid]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        app.stop()
+        with contextlib.suppress(StopIteration):
+            next(clusters)
 
 
 # --- defaults ---------------------------------------------------------------------------------------------
