@@ -129,7 +129,7 @@ class _Decoder:
 
     def __init__(self, response: httpx2.Response | DirectResponse) -> None:
         self.response = response  # its request is only read for an error (a direct one builds it then)
-        self.answered = False  # a chunk of choice 0 arrived
+        self.answered = False  # choice 0 said something (text, a tool call, a refusal)
         self.finished = False  # choice 0 had a finish_reason
 
     @property
@@ -158,7 +158,8 @@ class _Decoder:
                         and choice.get("index", 0) == 0
                         and choice.get("finish_reason") is None
                     ):
-                        self.answered = True
+                        if delta["content"]:
+                            self.answered = True
                         return chunk
         return self._decode_rest(chunk, payload)
 
@@ -181,9 +182,10 @@ class _Decoder:
             return None
         choice = chunk["choices"]
         if choice:
-            self.answered = True
             if choice[0].get("finish_reason"):
                 self.finished = True
+            elif _says_something(choice[0]):
+                self.answered = True
         if chunk.get("usage") is not None:
             _check_usage(chunk["usage"], self, payload)
         return chunk
@@ -191,6 +193,13 @@ class _Decoder:
     @property
     def complete(self) -> bool:
         return self.finished or self.answered
+
+
+def _says_something(choice: Chunk) -> bool:
+    """A delta with more than its role (text, a tool call, a refusal): a role chunk followed by `[DONE]`
+    is an empty answer, not a complete one."""
+    delta = choice.get("delta") or {}
+    return any(value for key, value in delta.items() if key != "role")
 
 
 def _check_choice(choice: Any, decoder: _Decoder, payload: bytes) -> Chunk:

@@ -253,8 +253,15 @@ def test_a_cut_stream_is_a_502_with_stream_false(hostile_app, hostile):
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "stream-false"])
 @pytest.mark.parametrize(
     "payload",
-    [b"", _sse("[DONE]"), _sse(chunk(usage=usage(5, 0)), "[DONE]"), b'data: {"id": "x", "choic'],
-    ids=["empty-body", "done-alone", "usage-only", "half-an-event"],
+    [
+        b"",
+        _sse("[DONE]"),
+        _sse(chunk(usage=usage(5, 0)), "[DONE]"),
+        b'data: {"id": "x", "choic',
+        _sse(chunk("", role="assistant"), "[DONE]"),
+        _sse(chunk("", role="assistant"), chunk(""), chunk(usage=usage(5, 0)), "[DONE]"),
+    ],
+    ids=["empty-body", "done-alone", "usage-only", "half-an-event", "role-only", "role-and-empty-text"],
 )
 def test_an_empty_answer_without_finish_reason_is_upstream_interrupted(hostile_app, hostile, payload, stream):
     hostile.script("empty", _cut(payload))
