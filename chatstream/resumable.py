@@ -45,6 +45,9 @@ READER_STALL_SECONDS = 5.0
 SHARED_CREATE_WAIT_SECONDS = 5.0
 #: A stopped run that has not ended after this is cancelled outright.
 STOP_TIMEOUT_SECONDS = 5.0
+#: A resume's or a stop's lookups in the shared store together: the SDK's own retries against a store that
+#: does not answer would take about 30 s per call, and a lookup by alias makes up to three.
+STORE_LOOKUP_SECONDS = 10.0
 
 _tasks: set[asyncio.Task[Any]] = set()
 
@@ -575,14 +578,15 @@ class ResumableStreams:
         if store is None:
             return None
         try:
-            stored = await store.read(key)
-            if stored is not None:
-                return key, stored
-            for prefix in self.alias_prefixes:
-                stream_id = await store.resolve(prefix + key)
-                stored = await store.read(stream_id) if stream_id is not None else None
-                if stream_id is not None and stored is not None and not stored.finished:
-                    return stream_id, stored
+            async with asyncio.timeout(STORE_LOOKUP_SECONDS):
+                stored = await store.read(key)
+                if stored is not None:
+                    return key, stored
+                for prefix in self.alias_prefixes:
+                    stream_id = await store.resolve(prefix + key)
+                    stored = await store.read(stream_id) if stream_id is not None else None
+                    if stream_id is not None and stored is not None and not stored.finished:
+                        return stream_id, stored
         except Exception:
             log.warning("shared stream store failed while looking for %s", key)
             raise errors.stream_store_unavailable() from None
@@ -598,7 +602,8 @@ class ResumableStreams:
         if found[1].finished and not found[1].truncated:
             raise errors.stream_finished(key)
         try:
-            return await self.store.request_stop(found[0])
+            async with asyncio.timeout(STORE_LOOKUP_SECONDS):
+                return await self.store.request_stop(found[0])
         except Exception:
             log.warning("shared stream store failed while stopping %s", key)
             raise errors.stream_store_unavailable() from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -17,13 +18,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from chatstream import resumable
 from chatstream.blob_stream_store import MAX_BLOCK_BYTES, BlobStreamStore, blob_key, open_stream_store
 from chatstream.models import ConfigurationError
 from chatstream.settings import Settings
 from chatstream.stream_store import StreamControl, StreamNotFound, StreamStoreError, StreamTooLarge
 from tests.support.azurite import ACCOUNT_KEY, Azurite, azurite  # noqa: F401  (the fixture)
+from tests.support.inprocess import serve
+from tests.support.inprocess import settings_for as app_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -446,3 +451,30 @@ def test_an_append_retried_after_a_lost_response_is_stored_once(azurite: Azurite
                 await reader.aclose()
 
     asyncio.run(main())
+
+
+def test_a_store_that_never_answers_gives_resume_and_stop_a_503_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store behind a black hole (connections accepted by the kernel, never answered): the SDK's own
+    retries would hold a resume or a stop for about 30 s per call, and a lookup by AI SDK chat id makes
+    up to three. The lookups together are bounded (shortened here), then answered 503."""
+    monkeypatch.setattr(resumable, "STORE_LOOKUP_SECONDS", 1.0)
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:  # listens, never accepts
+        port = silent.getsockname()[1]
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        )
+        settings = app_settings(
+            AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9",
+            CHAT_STREAM_STORE="blob",
+            CHAT_STREAM_STORE_CONNECTION_STRING=conn,
+        )
+        with serve(settings) as app, httpx.Client(timeout=20) as client:
+            resume = client.get(f"{app.url}/api/chat/someone-elses-chat/stream")
+            stop = client.post(f"{app.url}/api/chat/someone-elses-chat/stop")
+    for response in (resume, stop):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "stream_store_unavailable"
+        assert ACCOUNT_KEY not in response.text and str(port) not in response.text
