@@ -8,9 +8,13 @@ Layout in one container (`CHAT_STREAM_STORE_CONTAINER`, default `chat-streams`):
   `finished`, `truncated`) from the same version of the blob: a reader that sees `finished` has seen
   every event before it. Appends are conditional on the expected offset, so a retried append is never
   written twice, and on a size limit, so a stream never outgrows `max_bytes`.
-- `streams/<id>/stop` and `streams/<id>/reader`: empty blobs other instances write (a stop request; a
-  reader's heartbeat time in metadata). They never touch the events blob, so no write races the
-  producer's; the producer lists `streams/<id>/` (one request) to poll them.
+- Liveness: `StoredEvents.beat` is the events blob's ETag, which every write changes. A producer with
+  nothing to append for a while rewrites the blob's metadata (`beat`: a counter), so the ETag changes
+  at a steady pace while it lives; readers time the changes on their own clock.
+- `streams/<id>/stop`, `streams/<id>/reader` and `streams/<id>/lost`: empty blobs other instances write (a
+  stop request; a reader's heartbeat time in metadata; a reader saw the producer's beat stop). They never
+  touch the events blob, so no write races the producer's; the producer lists `streams/<id>/` (one
+  request) to poll them.
 - `aliases/<alias>`: a small block blob holding the id of the stream an alias (an AI SDK chat id) names.
 
 Ids and aliases that are not plain `[A-Za-z0-9_-]{1,128}` are stored under a SHA-256 of themselves.
@@ -103,6 +107,9 @@ class BlobStreamStore(SharedStreamStore):
         self._container_ready = False
         #: stream id -> offset its next append starts at (only streams this instance produces).
         self._offsets: OrderedDict[str, int] = OrderedDict()
+        #: stream id -> the events blob's metadata as this instance last wrote it (streams it produces), so a
+        #: beat is one request.
+        self._metadata: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     # -- names ------------------------------------------------------------------------------------
 
@@ -137,6 +144,9 @@ class BlobStreamStore(SharedStreamStore):
         except Exception as exc:
             raise _store_error("create", exc) from exc
         self._remember(stream_id, 1)
+        self._metadata[stream_id] = metadata
+        while len(self._metadata) > _MAX_REMEMBERED:
+            self._metadata.popitem(last=False)
 
     async def append(self, stream_id: str, events: Sequence[bytes]) -> None:
         if not events:
@@ -169,6 +179,24 @@ class BlobStreamStore(SharedStreamStore):
             raise _store_error("finish", exc) from exc
         finally:
             self._offsets.pop(stream_id, None)
+            self._metadata.pop(stream_id, None)
+
+    async def beat(self, stream_id: str) -> None:
+        blob = self._events(stream_id)
+        try:
+            metadata = self._metadata.get(stream_id)
+            if metadata is None:
+                metadata = dict((await blob.get_blob_properties()).metadata)
+            beats = metadata.get("beat", "0")
+            metadata = {**metadata, "beat": str(int(beats) + 1 if beats.isdigit() else 1)}
+            await blob.set_blob_metadata(metadata)
+        except Exception as exc:
+            self._metadata.pop(stream_id, None)
+            raise _store_error("beat", exc) from exc
+        self._metadata[stream_id] = metadata
+        self._metadata.move_to_end(stream_id)
+        while len(self._metadata) > _MAX_REMEMBERED:
+            self._metadata.popitem(last=False)
 
     async def _append_block(self, stream_id: str, blob: Any, block: bytes, offset: int) -> None:
         """Append at exactly `offset`: a retry of an append that did land is recognised, not repeated."""
@@ -235,12 +263,12 @@ class BlobStreamStore(SharedStreamStore):
                         continue
                     if start > 0:
                         raise ValueError("cursor is past the end of the stream") from exc
-                    return StoredEvents([], 1, False, False, props.metadata.get("protocol", ""))
+                    return StoredEvents([], 1, False, False, props.metadata.get("protocol", ""), _etag(props))
                 metadata = download.properties.metadata
                 if _expired(metadata, self._clock(), self._ttl):
                     await self._forget(stream_id)
                     return None
-                return self._parse(data, start, _total_size(download), metadata)
+                return self._parse(data, start, _total_size(download), metadata, _etag(download.properties))
         except (StreamStoreError, ValueError):
             raise
         except Exception as exc:
@@ -248,7 +276,7 @@ class BlobStreamStore(SharedStreamStore):
         raise StreamStoreError("stream store read: the stream stayed empty")
 
     @staticmethod
-    def _parse(data: bytes, start: int, total: int, metadata: dict[str, str]) -> StoredEvents:
+    def _parse(data: bytes, start: int, total: int, metadata: dict[str, str], beat: str) -> StoredEvents:
         if not data.startswith(b"\n"):
             raise ValueError("cursor is not one this store returned for the stream")
         end = data.rfind(b"\n")  # a read cut by MAX_READ_BYTES ends mid-line: keep whole lines only
@@ -261,6 +289,7 @@ class BlobStreamStore(SharedStreamStore):
             finished=at_end and metadata.get("finished") == "1",
             truncated=metadata.get("truncated") == "1",
             protocol=metadata.get("protocol", ""),
+            beat=beat,
         )
 
     async def resolve(self, alias: str) -> str | None:
@@ -318,6 +347,15 @@ class BlobStreamStore(SharedStreamStore):
                 return  # no stream can exist
             raise _store_error("touch_reader", exc) from exc
 
+    async def report_lost(self, stream_id: str) -> None:
+        blob = self._container.get_blob_client(self._control_prefix(stream_id) + "lost")
+        try:
+            await blob.upload_blob(b"", overwrite=True)
+        except Exception as exc:
+            if _error_code(exc) == "ContainerNotFound":
+                return  # no stream can exist
+            raise _store_error("report_lost", exc) from exc
+
     async def control(self, stream_id: str) -> StreamControl:
         found = await self._listing(stream_id)
         if found is None:
@@ -328,15 +366,17 @@ class BlobStreamStore(SharedStreamStore):
                 seen = float(found["reader"]["seen"])
             except (KeyError, ValueError):
                 seen = None
-        return StreamControl(stop_requested="stop" in found, reader_seen_at=seen)
+        lost = "lost" in found
+        return StreamControl(stop_requested="stop" in found, reader_seen_at=seen, producer_lost=lost)
 
     # -- housekeeping -----------------------------------------------------------------------------
 
     async def _forget(self, stream_id: str) -> None:
         """Delete an expired stream's blobs (best effort: the lifecycle rule is the backstop)."""
         self._offsets.pop(stream_id, None)
+        self._metadata.pop(stream_id, None)
         prefix = self._control_prefix(stream_id)
-        for name in ("events", "stop", "reader"):
+        for name in ("events", "stop", "reader", "lost"):
             await _delete_quietly(self._container.get_blob_client(prefix + name))
 
     async def aclose(self) -> None:
@@ -374,6 +414,11 @@ def _total_size(download: Any) -> int:
     content_range = download.properties.content_range or ""
     _, _, total = content_range.rpartition("/")
     return int(total) if total.isdigit() else download.size
+
+
+def _etag(properties: Any) -> str:
+    """The blob version's ETag: every write (append, metadata) changes it."""
+    return str(getattr(properties, "etag", "") or "")
 
 
 def _error_code(exc: BaseException) -> str | None:

@@ -162,6 +162,16 @@ def resume_capacity(limit: int) -> ChatError:
     )
 
 
+def stream_producer_lost() -> ChatError:
+    """The instance running a stream stopped writing it (killed, recycled) before its end: the answer is
+    cut for good. Not retryable as a resume; a new request starts the answer again."""
+    return ChatError(
+        410,
+        "stream_producer_lost",
+        "the instance producing this stream stopped before the answer was complete; send the request again",
+    )
+
+
 def stream_store_unavailable() -> ChatError:
     return ChatError(
         503, "stream_store_unavailable", "the shared store of resumable streams failed", retryable=True

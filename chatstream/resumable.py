@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from chatstream import errors
+from chatstream import errors, events
 from chatstream.errors import ChatError
 from chatstream.events import Event
 from chatstream.run import Run
@@ -43,6 +43,12 @@ READER_TOUCH_SECONDS = 1.0
 READER_STALL_SECONDS = 5.0
 #: Longest a resumable stream's first event waits for the stream to exist in the shared store.
 SHARED_CREATE_WAIT_SECONDS = 5.0
+#: The producer writes the shared copy at least this often while it runs: an append, else a `beat`.
+BEAT_SECONDS = 2.0
+#: A reader on another instance that sees no write of the producer for this long (its own monotonic clock)
+#: ends with `stream_producer_lost`: several beats, plus a store write held up to the SDK's read timeout
+#: (10 s), so a slow store alone does not end a live stream.
+PRODUCER_LOST_SECONDS = 15.0
 #: A stopped run that has not ended after this is cancelled outright.
 STOP_TIMEOUT_SECONDS = 5.0
 #: A resume's or a stop's lookups in the shared store together: the SDK's own retries against a store that
@@ -335,6 +341,7 @@ class StreamLog:
             sent = 0
             stored_bytes = 0
             polled = 0.0
+            wrote = time.monotonic()
             while True:
                 done = self.finished
                 if self.base > sent:
@@ -351,10 +358,14 @@ class StreamLog:
                         await store.finish(stream_id, truncated=True)
                         return
                     sent += len(batch)
+                    wrote = time.monotonic()
                 if done:
                     await store.finish(stream_id)
                     return
                 now = time.monotonic()
+                if now - wrote >= BEAT_SECONDS:  # a silent model: readers elsewhere must see it is alive
+                    await store.beat(stream_id)
+                    wrote = now
                 if now - polled >= poll_seconds:
                     polled = now
                     control = await store.control(stream_id)
@@ -447,6 +458,8 @@ class StoreReader:
         self.first = first
         self.poll_seconds = poll_seconds
         self.started = True
+        #: The `start` event's deployment (the copy is always read from its first event).
+        self._deployment: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -464,17 +477,31 @@ class StoreReader:
         stored: StoredEvents | None = self.first
         position = 0
         touched = 0.0
+        beat = None
+        beat_at = time.monotonic()
         while True:
             assert stored is not None
             for raw in stored.events:
                 if position > self.after:
                     yield orjson.loads(raw)
+                elif position == 0:
+                    self._deployment = orjson.loads(raw).get("deployment")
                 position += 1
             if stored.finished and not stored.truncated:
                 return
             if stored.truncated:
                 raise errors.stream_not_resumable()
             now = time.monotonic()
+            if stored.beat != beat or stored.events:
+                beat, beat_at = stored.beat, now
+            elif now - beat_at >= PRODUCER_LOST_SECONDS:
+                log.warning(
+                    "resumable stream lost request_id=%s: its producer wrote nothing for %g s",
+                    self.stream_id,
+                    PRODUCER_LOST_SECONDS,
+                )
+                _keep(asyncio.create_task(_report_lost(self.store, self.stream_id)))
+                raise errors.stream_producer_lost()
             try:
                 if now - touched >= READER_TOUCH_SECONDS:
                     touched = now
@@ -490,7 +517,14 @@ class StoreReader:
                 raise errors.stream_not_found(self.stream_id)
 
     def fail(self, error: ChatError) -> list[Event]:
-        return [_error_event(error)]
+        """The closing events of this reader: the `error`, then an `end` (`finish_reason: "error"`), except
+        for `stream_not_resumable` (as `LogReader.fail`)."""
+        event = _error_event(error)
+        if error.code == "stream_not_resumable":
+            return [event]
+        event["deployment"] = self._deployment
+        end = events.end(self.stream_id, self._deployment, None, "error", None)  # type: ignore[arg-type]
+        return [event, end]
 
     def cancelled(self) -> None:
         """The run is another instance's."""
@@ -500,6 +534,15 @@ class StoreReader:
 
     def log_outcome(self) -> None:
         """The producing instance reports the run."""
+
+
+async def _report_lost(store: SharedStreamStore, stream_id: str) -> None:
+    """Best effort, after the reader has already ended: later resumes then fail at once."""
+    try:
+        async with asyncio.timeout(STORE_LOOKUP_SECONDS):
+            await store.report_lost(stream_id)
+    except Exception:
+        log.warning("shared stream store failed while reporting lost request_id=%s", stream_id)
 
 
 class ResumableStreams:
@@ -608,6 +651,16 @@ class ResumableStreams:
             log.warning("shared stream store failed while stopping %s", key)
             raise errors.stream_store_unavailable() from None
 
+    async def _lost(self, stream_id: str) -> bool:
+        """A reader elsewhere saw the producer of this unfinished copy go silent (`report_lost`)."""
+        assert self.store is not None
+        try:
+            async with asyncio.timeout(STORE_LOOKUP_SECONDS):
+                return (await self.store.control(stream_id)).producer_lost
+        except Exception:
+            log.warning("shared stream store failed while looking for %s", stream_id)
+            raise errors.stream_store_unavailable() from None
+
     def find(self, key: str) -> StreamLog | None:
         """The stream on this instance named `key`: its request id, or the id a protocol gave it (an AI SDK
         chat id, kept as `ai-sdk:<id>`)."""
@@ -637,6 +690,8 @@ class ResumableStreams:
         stream_id, stored = found
         if stored.truncated:
             raise errors.stream_not_resumable()
+        if not stored.finished and await self._lost(stream_id):
+            raise errors.stream_producer_lost()
         if stored.finished and after >= len(stored.events):  # as for a stream of this instance
             raise errors.invalid_last_event_id()
         reader = StoreReader(self.store, stream_id, after, stored, self.settings.stream_store_poll_seconds)

@@ -28,6 +28,10 @@ class StoredEvents:
     truncated: bool
     #: The wire protocol the stream was started in (`native` or `ai-sdk`).
     protocol: str
+    #: Opaque; changes whenever the producer writes the stream (an append, or `beat` when it has nothing to
+    #: append). A reader that sees it unchanged for `PRODUCER_LOST_SECONDS` of its own clock knows the
+    #: producing instance is gone: no wall clocks of two instances are compared. Compare for equality only.
+    beat: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class StreamControl:
     stop_requested: bool
     #: Wall-clock time (`time.time()`) a reader on another instance last said it is reading; None: never.
     reader_seen_at: float | None
+    #: A reader saw the producer's beat stop (`report_lost`): a resume of the unfinished copy fails at once.
+    producer_lost: bool = False
 
 
 class SharedStreamStore(Protocol):
@@ -45,6 +51,9 @@ class SharedStreamStore(Protocol):
     Streams are named by their request id. Every method is safe to call concurrently from several
     instances; only the producing instance writes a stream's events. Implementations enforce the TTL
     (`read`, `resolve` and `control` treat an expired stream as unknown) and clean up after themselves.
+
+    Liveness: the producer writes the stream (`append`, else `beat`) every few seconds while it runs, and
+    every write changes `StoredEvents.beat`; a reader times the changes on its own monotonic clock.
     """
 
     async def create(self, stream_id: str, *, protocol: str, alias: str | None = None) -> None:
@@ -57,6 +66,11 @@ class SharedStreamStore(Protocol):
 
     async def finish(self, stream_id: str, *, truncated: bool = False) -> None:
         """No more events will come; `truncated`: the recording stopped early (not resumable)."""
+        ...
+
+    async def beat(self, stream_id: str) -> None:
+        """The producer is alive but has nothing to append: change the stream's `StoredEvents.beat` (one
+        cheap write, no event). The producer calls it every `BEAT_SECONDS` without an append."""
         ...
 
     async def read(self, stream_id: str, cursor: int = 0) -> StoredEvents | None:
@@ -75,8 +89,13 @@ class SharedStreamStore(Protocol):
         """A reader on this instance is reading the stream (keeps its producer past the grace period)."""
         ...
 
+    async def report_lost(self, stream_id: str) -> None:
+        """A reader saw the producer's beat stop: later resumes of the unfinished stream learn it from
+        `control` (`producer_lost`) at once instead of waiting for the beat themselves."""
+        ...
+
     async def control(self, stream_id: str) -> StreamControl:
-        """What other instances asked of the stream (the producer polls this)."""
+        """What other instances asked of the stream (the producer polls this), or said of it."""
         ...
 
     async def aclose(self) -> None: ...

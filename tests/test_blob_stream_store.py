@@ -195,6 +195,41 @@ def test_reader_heartbeat_from_another_instance(run_stores: Callable[..., None])
     run_stores(scenario)
 
 
+def test_the_producers_beat_changes_what_a_reader_elsewhere_sees_without_an_event(
+    run_stores: Callable[..., None],
+) -> None:
+    """Liveness without comparing clocks: every write of the producer (an append, or a beat when it has
+    nothing to append) changes `beat`; reads alone do not. A beat keeps the metadata and adds no event."""
+
+    async def scenario(a: BlobStreamStore, b: BlobStreamStore) -> None:
+        await a.create("alive", protocol="ai-sdk")
+        await a.append("alive", [event(0)])
+        first = await b.read("alive")
+        assert first is not None and first.beat
+        again = await b.read("alive", first.cursor)
+        assert again is not None and again.beat == first.beat, "a read is not a beat"
+        await a.beat("alive")
+        beaten = await b.read("alive", first.cursor)
+        assert beaten is not None and beaten.beat != first.beat
+        assert beaten.events == [] and beaten.cursor == first.cursor and beaten.protocol == "ai-sdk"
+        fresh = BlobStreamStore(a._container, ttl_seconds=600, max_bytes=1 << 20)  # remembers no metadata
+        await fresh.beat("alive")
+        twice = await b.read("alive", first.cursor)
+        assert twice is not None and twice.beat not in (first.beat, beaten.beat)
+        await a.append("alive", [event(1)])
+        appended = await b.read("alive", first.cursor)
+        assert appended is not None and appended.events == [event(1)] and appended.beat != twice.beat
+        await a.finish("alive")
+        whole = await b.read("alive")
+        assert whole is not None and whole.events == [event(0), event(1)] and whole.finished
+        assert whole.protocol == "ai-sdk"
+        assert (await b.control("alive")).producer_lost is False
+        await b.report_lost("alive")
+        assert (await a.control("alive")).producer_lost is True
+
+    run_stores(scenario)
+
+
 def test_ttl_expiry_makes_the_stream_unknown_and_deletes_it(run_stores: Callable[..., None]) -> None:
     async def scenario(a: BlobStreamStore, b: BlobStreamStore) -> None:
         await a.create("brief", protocol="native", alias="brief-chat")
