@@ -4,11 +4,13 @@ model, both `python -m funchost` processes, Azurite and the SDK's HTTP calls to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,9 +18,11 @@ from httpx_sse import connect_sse
 
 from aoai_simulator.config import SimulatorConfig
 from aoai_simulator.server import SimulatorHandle, start_in_thread
+from chatstream.resumable import PRODUCER_LOST_SECONDS
 from funchost.testing import SubprocessServer
-from tests.conftest import start_app
+from tests.conftest import HOSTILE_APP_ENV, start_app
 from tests.support.azurite import Azurite, azurite  # noqa: F401  (the fixture)
+from tests.support.hostile import Conn, HostileUpstream, chunk, usage
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +263,158 @@ def test_the_store_requests_are_not_logged_at_info(apps: tuple[SubprocessServer,
     time.sleep(0.5)
     for app in (a, b):
         assert "http_logging_policy" not in app.output, app.output[-2000:]
+
+
+# --- The producing instance is lost: a reader elsewhere is told, not left with a frozen answer ---------
+
+#: The two instances of these tests: a deadline (90 s) long enough that a reader left polling a dead copy
+#: until it clearly fails the tests' bound (60 s); a model read timeout longer than any pause scripted.
+LOSS_ENV = {
+    **HOSTILE_APP_ENV,
+    "CHAT_UPSTREAM_READ_TIMEOUT_SECONDS": "80",
+    "CHAT_DEADLINE_SECONDS": "90",
+    "CHAT_HEARTBEAT_SECONDS": "2",
+    "CHAT_RESUME_GRACE_SECONDS": "60",
+    "CHAT_STREAM_STORE": "blob",
+    "CHAT_STREAM_STORE_POLL_SECONDS": "0.1",
+}
+#: What a reader may take past PRODUCER_LOST_SECONDS on a busy machine; far below the deadline.
+LOSS_BOUND_SECONDS = 60.0
+
+
+@contextlib.contextmanager
+def _two_instances(hostile: HostileUpstream, store: Azurite) -> Iterator[tuple[SubprocessServer, ...]]:
+    env = {
+        **LOSS_ENV,
+        "AZURE_OPENAI_ENDPOINT": hostile.url,
+        "CHAT_STREAM_STORE_CONNECTION_STRING": store.connection_string,
+        "CHAT_STREAM_STORE_CONTAINER": f"lost-{random.Random().randrange(10**6)}",
+    }
+    a = start_app(**env)
+    try:
+        b = start_app(**env)
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def _start_then_leave(client: httpx.Client, url: str, prompt: str, count: int) -> list[dict]:
+    """POST a resumable stream, read its first `count` events, and drop the connection."""
+    got: list[dict] = []
+    body = {"user": prompt, "resumable": True}
+    with connect_sse(client, "POST", f"{url}/api/chat", json=body) as source:
+        assert source.response.status_code == 200
+        for sse in source.iter_sse():
+            got.append(json.loads(sse.data))
+            if len(got) >= count:
+                break
+    return got
+
+
+def _read_live(response: httpx.Response, give_up: float, on_event: Any = None) -> tuple[list[dict], bool]:
+    """The events of an SSE response and whether `[DONE]` closed it, line by line (heartbeats return
+    control), failing the test once the monotonic clock passes `give_up`."""
+    got: list[dict] = []
+    done = False
+    for line in response.iter_lines():
+        if time.monotonic() > give_up:
+            pytest.fail(f"the reader was still waiting after its bound; it had {got[-3:]}")
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            done = True
+            continue
+        got.append(json.loads(line[len("data: ") :]))
+        if on_event is not None:
+            on_event(got[-1])
+    return got, done
+
+
+def test_a_reader_on_another_instance_is_told_when_the_producing_instance_dies(
+    hostile: HostileUpstream,
+    azurite: Azurite,  # noqa: F811
+) -> None:
+    """Instance A runs the stream and is SIGKILLed mid-answer while B serves a resume: B's copy never grows
+    again. B must end with `error` `stream_producer_lost` (not retryable) and `end` `finish_reason: "error"`
+    within about PRODUCER_LOST_SECONDS, keeping the text it had; before, it polled until its deadline. A
+    new resume of that stream is then told at once (410), instead of waiting for the beat again."""
+
+    async def then_nothing(conn: Conn) -> bool:
+        await conn.head()
+        await conn.event(chunk("", role="assistant"))
+        for word in ("Hello", ", ", "world"):
+            await conn.event(chunk(word))
+        await conn.hold(85)  # until the app is killed (its connection closes)
+        return False
+
+    hostile.script("then-nothing", then_nothing)
+    with _two_instances(hostile, azurite) as (a, b), httpx.Client(timeout=httpx.Timeout(30.0)) as client:
+        first = _start_then_leave(client, a.url, "[hostile:then-nothing]", 2)
+        stream_id = first[0]["id"]
+        killed_at: list[float] = []
+
+        def kill_a_once_live(event: dict) -> None:
+            if event.get("delta_content") == "world" and not killed_at:
+                a.process.kill()  # SIGKILL: no clean-up of any kind on A
+                a.process.wait(10)
+                killed_at.append(time.monotonic())
+
+        url = f"{b.url}/api/chat/{stream_id}/stream"
+        give_up = time.monotonic() + LOSS_BOUND_SECONDS + PRODUCER_LOST_SECONDS
+        with client.stream("GET", url, headers={"Last-Event-ID": "1"}) as resumed:
+            assert resumed.status_code == 200, resumed.read()
+            rest, done = _read_live(resumed, give_up, kill_a_once_live)
+        ended_after = time.monotonic() - killed_at[0]
+        again = client.get(url, headers={"Last-Event-ID": "1"})
+
+    assert killed_at, f"A never sent the last word: {rest}"
+    assert ended_after < LOSS_BOUND_SECONDS
+    assert _text(first + rest) == "Hello, world", "the text before the loss is intact"
+    error, end = rest[-2:]
+    assert error["type"] == "error" and error["code"] == "stream_producer_lost", rest[-3:]
+    assert error["retryable"] is False
+    assert end["type"] == "end" and end["finish_reason"] == "error" and end["id"] == stream_id
+    assert not [e for e in rest if e["type"] == "end" and e["finish_reason"] != "error"], "never a success"
+    assert done, "the native protocol still closes with [DONE] after an error and its end"
+    assert again.status_code == 410, again.text
+    assert again.json()["error"]["code"] == "stream_producer_lost"
+
+
+def test_a_silent_but_living_producer_is_not_taken_for_lost(
+    hostile: HostileUpstream,
+    azurite: Azurite,  # noqa: F811
+) -> None:
+    """The model says nothing for longer than PRODUCER_LOST_SECONDS (a slow first token, a long think):
+    the producing instance beats meanwhile, and the reader on the other instance gets the whole answer."""
+    pause = PRODUCER_LOST_SECONDS + 3
+
+    async def pause_then_finish(conn: Conn) -> bool:
+        await conn.head()
+        await conn.event(chunk("", role="assistant"))
+        await conn.event(chunk("Hello"))
+        if await conn.hold(pause):
+            return False
+        for word in (", ", "world"):
+            await conn.event(chunk(word))
+        await conn.event(chunk(finish_reason="stop"))
+        await conn.event(chunk(usage=usage(5, 3)))
+        await conn.send(b"data: [DONE]\n\n")
+        return False
+
+    hostile.script("pause-then-finish", pause_then_finish)
+    with _two_instances(hostile, azurite) as (a, b), httpx.Client(timeout=httpx.Timeout(30.0)) as client:
+        first = _start_then_leave(client, a.url, "[hostile:pause-then-finish]", 2)
+        started = time.monotonic()
+        url = f"{b.url}/api/chat/{first[0]['id']}/stream"
+        with client.stream("GET", url, headers={"Last-Event-ID": "1"}) as resumed:
+            assert resumed.status_code == 200, resumed.read()
+            rest, done = _read_live(resumed, started + pause + LOSS_BOUND_SECONDS)
+        waited = time.monotonic() - started
+    assert not [e for e in rest if e["type"] == "error"], rest
+    assert _text(first + rest) == "Hello, world"
+    assert rest[-1]["type"] == "end" and rest[-1]["finish_reason"] == "stop", rest[-2:]
+    assert done
+    assert waited > PRODUCER_LOST_SECONDS, "the reader did wait through a silence longer than the limit"
