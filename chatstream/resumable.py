@@ -482,10 +482,12 @@ class StoreReader:
         while True:
             assert stored is not None
             for raw in stored.events:
-                if position > self.after:
-                    yield orjson.loads(raw)
-                elif position == 0:
-                    self._deployment = orjson.loads(raw).get("deployment")
+                if position > self.after or position == 0:
+                    event = orjson.loads(raw)
+                    if position == 0:  # `start`: its deployment names this reader's closing `error` and `end`
+                        self._deployment = event.get("deployment")
+                    if position > self.after:
+                        yield event
                 position += 1
             if stored.finished and not stored.truncated:
                 return
