@@ -502,7 +502,8 @@ class StoreReader:
                     self.stream_id,
                     PRODUCER_LOST_SECONDS,
                 )
-                _keep(asyncio.create_task(_report_lost(self.store, self.stream_id)))
+                # Before the caller hears of it, so the resume it may send next is answered at once.
+                await _report_lost(self.store, self.stream_id)
                 raise errors.stream_producer_lost()
             try:
                 if now - touched >= READER_TOUCH_SECONDS:
@@ -539,7 +540,7 @@ class StoreReader:
 
 
 async def _report_lost(store: SharedStreamStore, stream_id: str) -> None:
-    """Best effort, after the reader has already ended: later resumes then fail at once."""
+    """Best effort and bounded: later resumes of the stream then fail at once."""
     try:
         async with asyncio.timeout(STORE_LOOKUP_SECONDS):
             await store.report_lost(stream_id)
