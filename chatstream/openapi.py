@@ -228,7 +228,7 @@ def _document(settings_key: tuple[int, int, int, int, str], chains: tuple[str, .
                             "description": "stopping",
                             "content": {"application/json": {"schema": _STOPPED}},
                         },
-                        **_route_errors(error_ref, "404", "409", "503"),
+                        **_route_errors(error_ref, "404", "409", "410", "503"),
                     },
                 }
             },

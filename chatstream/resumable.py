@@ -641,12 +641,15 @@ class ResumableStreams:
     async def request_stop(self, key: str) -> bool:
         """Ask the instance running `key` (an id, or an alias) to stop it, through the shared store.
         Raises `stream_finished` when the stored stream has ended (as a stop on its own instance does);
-        a copy finished as truncated may still run on its instance, out of reach: False."""
+        a copy finished as truncated may still run on its instance, out of reach: False. Raises
+        `stream_producer_lost` when a reader found its instance gone (nobody is left to stop)."""
         found = await self._stored(key)
         if found is None or self.store is None:
             return False
         if found[1].finished and not found[1].truncated:
             raise errors.stream_finished(key)
+        if not found[1].finished and await self._lost(found[0]):
+            raise errors.stream_producer_lost()
         try:
             async with asyncio.timeout(STORE_LOOKUP_SECONDS):
                 return await self.store.request_stop(found[0])

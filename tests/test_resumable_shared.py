@@ -369,6 +369,7 @@ def test_a_reader_on_another_instance_is_told_when_the_producing_instance_dies(
             rest, done = _read_live(resumed, give_up, kill_a_once_live)
         ended_after = time.monotonic() - killed_at[0]
         again = client.get(url, headers={"Last-Event-ID": "1"})
+        stop = client.post(f"{b.url}/api/chat/{stream_id}/stop")
 
     assert killed_at, f"A never sent the last word: {rest}"
     assert ended_after < LOSS_BOUND_SECONDS
@@ -381,6 +382,8 @@ def test_a_reader_on_another_instance_is_told_when_the_producing_instance_dies(
     assert done, "the native protocol still closes with [DONE] after an error and its end"
     assert again.status_code == 410, again.text
     assert again.json()["error"]["code"] == "stream_producer_lost"
+    # Nobody is left to act on a stop: said so, not "stopping" (202).
+    assert stop.status_code == 410 and stop.json()["error"]["code"] == "stream_producer_lost", stop.text
 
 
 def test_a_silent_but_living_producer_is_not_taken_for_lost(
