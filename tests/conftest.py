@@ -62,8 +62,11 @@ def start_app(**env: str) -> SubprocessServer:
 
 @pytest.fixture(scope="session")
 def paced_simulator() -> Iterator[SimulatorHandle]:
-    """A simulator with small but visible delays, so streams are observably spread over time."""
-    handle = start_in_thread(SimulatorConfig(ttft_ms=20, token_delay_ms=5, hold_seconds=10))
+    """A simulator with small but visible delays, so streams are observably spread over time; a prompt's
+    `[sim:token-delay=MS]` slows one answer down where a test times its spread."""
+    handle = start_in_thread(
+        SimulatorConfig(ttft_ms=20, token_delay_ms=5, hold_seconds=10, prompt_faults=True)
+    )
     yield handle
     handle.stop()
 

@@ -92,7 +92,8 @@ def test_chat_url_accepts_base_or_endpoint_url():
 
 @pytest.mark.parametrize("fmt", ["sse", "ndjson"])
 def test_async_api_yields_events_as_they_arrive(app, fmt):
-    messages = [{"role": "user", "content": "What is a Function App?"}]
+    # Tokens 20 ms apart: a stall of a busy machine cannot make the whole answer arrive at once.
+    messages = [{"role": "user", "content": "[sim:token-delay=20] What is a Function App?"}]
 
     async def collect() -> tuple[list[dict], list[float], StreamMetrics]:
         events, times, metrics = [], [], StreamMetrics()
