@@ -16,6 +16,7 @@ import pytest
 from funchost.testing import ThreadServer
 from tests.support.hostile import Conn, HostileUpstream, Script, chunk, usage
 from tests.support.inprocess import serve, settings_for
+from tests.test_hostile_upstream import _post as post
 from tests.test_resilience import assert_no_leak, deltas, read_sse
 
 A, B, C = "alpha", "beta", "gamma"
@@ -49,8 +50,12 @@ def app(_app: ThreadServer, hostile: HostileUpstream) -> ThreadServer:
 # --- what the upstream does, per deployment --------------------------------------------------------
 
 
+def _deployment_in(path: str) -> str:
+    return path.split("/openai/deployments/", 1)[1].split("/", 1)[0]
+
+
 def _deployment(conn: Conn) -> str:
-    return conn.request.path.split("/openai/deployments/", 1)[1].split("/", 1)[0]
+    return _deployment_in(conn.request.path)
 
 
 def by_deployment(hostile: HostileUpstream, name: str, **scripts: Script) -> str:
@@ -115,17 +120,7 @@ async def text_then_reset(conn: Conn) -> bool:
 
 def asked(hostile: HostileUpstream) -> list[str]:
     """The deployments the upstream was asked, in order."""
-    return [r.path.split("/openai/deployments/", 1)[1].split("/", 1)[0] for r in hostile.seen]
-
-
-def post(url: str, prompt: str, **body: Any) -> tuple[httpx.Response, list[dict[str, Any]]]:
-    with httpx.stream("POST", f"{url}/api/chat", json={"user": prompt, **body}, timeout=60) as response:
-        if response.status_code != 200 or body.get("stream") is False:
-            response.read()
-            return response, []
-        events, _pings, done = read_sse(response)
-        assert done, "every stream ends with [DONE]"
-    return response, events
+    return [_deployment_in(r.path) for r in hostile.seen]
 
 
 def assert_answered_by(events: list[dict[str, Any]], deployment: str) -> None:
@@ -241,21 +236,25 @@ def test_not_streamed_falls_back(app, hostile):
 # --- never falls back ------------------------------------------------------------------------------
 
 
-def test_the_content_filter_does_not_fall_back(app, hostile):
-    prompt = by_deployment(hostile, "fb-filter", alpha=filtered, beta=answers)
+@pytest.mark.parametrize(
+    ("alpha", "beta", "status", "code", "deployments_asked"),
+    [
+        (filtered, answers, 400, "content_filter", [A]),
+        # A deployment that does not exist is a configuration error: answered as such, not papered over.
+        (not_found, answers, 502, "deployment_not_found", [A]),
+        # Every deployment failed: the last failure is the status.
+        (rate_limited, overloaded, 503, "upstream_overloaded", [A, B]),
+    ],
+    ids=["content-filter", "missing-deployment", "every-deployment-fails"],
+)
+def test_failures_that_do_not_fall_back_or_have_nothing_left(
+    app, hostile, alpha, beta, status, code, deployments_asked
+):
+    prompt = by_deployment(hostile, f"fb-{code}", alpha=alpha, beta=beta)
     response, _ = post(app.url, prompt)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "content_filter"
-    assert asked(hostile) == [A]
-
-
-def test_a_missing_deployment_does_not_fall_back(app, hostile):
-    """A deployment that does not exist is a configuration error: answered as such, not papered over."""
-    prompt = by_deployment(hostile, "fb-404", alpha=not_found, beta=answers)
-    response, _ = post(app.url, prompt)
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "deployment_not_found"
-    assert asked(hostile) == [A]
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert asked(hostile) == deployments_asked
 
 
 def test_no_fallback_after_text_was_sent(app, hostile):
@@ -268,14 +267,6 @@ def test_no_fallback_after_text_was_sent(app, hostile):
     assert events[0]["deployment"] == A and "fallback_from" not in events[0]
     assert events[-2]["code"] == "upstream_interrupted"
     assert asked(hostile) == [A]
-
-
-def test_when_every_deployment_fails_the_last_failure_is_the_status(app, hostile):
-    prompt = by_deployment(hostile, "fb-all", alpha=rate_limited, beta=overloaded)
-    response, _ = post(app.url, prompt)
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "upstream_overloaded"
-    assert asked(hostile) == [A, B]
 
 
 def test_no_fallback_when_too_little_of_the_deadline_is_left(hostile):

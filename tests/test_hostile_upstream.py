@@ -23,7 +23,7 @@ WORDS = ("Hello", ", ", "world")
 
 
 def _post(url: str, prompt: str, **body: object) -> tuple[httpx.Response, list[dict]]:
-    with httpx.stream("POST", f"{url}/api/chat", json={"user": prompt, **body}, timeout=30) as response:
+    with httpx.stream("POST", f"{url}/api/chat", json={"user": prompt, **body}, timeout=60) as response:
         if response.status_code != 200 or body.get("stream") is False:
             response.read()
             return response, []
